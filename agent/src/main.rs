@@ -1,0 +1,2 @@
+//! `qagent` binary.
+fn main() {}

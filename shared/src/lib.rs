@@ -1,0 +1,32 @@
+//! Types and services every qsched crate shares.
+//!
+//! - [`spec`] and [`scale`]: the benchmark spec (TOML file or flags) and named scale presets.
+//! - [`ids`]: model (method) and task identifiers and the data-directory layout.
+//! - [`device`]: `DeviceSpec` (`cpu`, `cuda:N`) parsed once.
+//! - [`shard`]: shards, results, run records, heartbeats, metric points.
+//! - [`wire`]: the MessagePack codec with schema version and size limit.
+//! - [`keys`]: the Redis key schema.
+//! - [`broker`] / [`amqp`]: the broker trait, its in-process and RabbitMQ implementations.
+//! - [`store`] / [`redis_store`]: the state store trait, in-process and Redis implementations.
+//! - [`telemetry`]: tracing setup, OTLP export and W3C trace-context propagation.
+//!
+//! This crate never links libtorch.
+#![deny(missing_docs)]
+
+pub mod amqp;
+pub mod broker;
+pub mod device;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod redis_store;
+pub mod scale;
+pub mod shard;
+pub mod spec;
+pub mod store;
+pub mod telemetry;
+pub mod wire;
+
+pub use device::{DeviceClass, DeviceSpec};
+pub use error::{Error, Result};
+pub use ids::{Family, ModelId, TaskId};

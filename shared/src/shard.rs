@@ -1,0 +1,250 @@
+//! Shards (units of work), their results, run records, agent heartbeats and metric points.
+//!
+//! A [`Shard`] carries everything an agent needs to run it: the model id, task, seed,
+//! the resolved architecture and training settings, and where the weights come from.
+//! Its id is a content hash, so the same spec always expands to the same shard ids.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceClass;
+use crate::ids::{ModelId, TaskId};
+use crate::scale::{DataSettings, DizoSettings, OptArch, Qwen3Arch, TrainSettings};
+use crate::spec::ModelInit;
+
+/// Architecture of the model a shard trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "lowercase")]
+pub enum ModelArch {
+    /// Qwen3 shape (standard or reversible).
+    Qwen3(Qwen3Arch),
+    /// OPT shape.
+    Opt(OptArch),
+}
+
+/// One unit of work: a model × task × seed at a scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Run this shard belongs to.
+    pub run_id: String,
+    /// Content-derived id (16 hex digits), stable for the same spec.
+    pub shard_id: String,
+    /// Position in the run's expansion order.
+    pub index: u32,
+    /// Model and method.
+    pub model: ModelId,
+    /// Task.
+    pub task: TaskId,
+    /// Seed for data sampling, initialisation and training randomness.
+    pub seed: u64,
+    /// Scale preset name.
+    pub scale: String,
+    /// Device class that must run it.
+    pub device_class: DeviceClass,
+    /// Architecture (ignored for the shape when `init` is pretrained: the checkpoint's
+    /// `config.json` wins, and the result records the shape that actually ran).
+    pub arch: ModelArch,
+    /// Weight source.
+    pub init: ModelInit,
+    /// Data sizes.
+    pub data: DataSettings,
+    /// Training settings for this shard's method.
+    pub train: TrainSettings,
+    /// DiZO projection settings (only for `dizo-opt`).
+    pub dizo: Option<DizoSettings>,
+}
+
+/// Lifecycle state of a shard as recorded in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    /// Published, not yet picked up.
+    Queued,
+    /// An agent is running it.
+    Running,
+    /// Finished with metrics.
+    Succeeded,
+    /// Finished with an error (recorded in the result).
+    Failed,
+    /// Stopped by `qsched cancel`.
+    Cancelled,
+    /// Sent to the dead-letter queue (delivery limit reached or undecodable).
+    Dead,
+}
+
+impl ShardState {
+    /// True once the shard will not change again (unless retried).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ShardState::Succeeded | ShardState::Failed | ShardState::Cancelled | ShardState::Dead)
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Queued => "queued",
+            ShardState::Running => "running",
+            ShardState::Succeeded => "succeeded",
+            ShardState::Failed => "failed",
+            ShardState::Cancelled => "cancelled",
+            ShardState::Dead => "dead",
+        }
+    }
+}
+
+/// The final record of one shard, written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardResult {
+    /// Run id.
+    pub run: String,
+    /// Shard id.
+    pub shard: String,
+    /// Model id.
+    pub model: ModelId,
+    /// Task id.
+    pub task: TaskId,
+    /// Seed.
+    pub seed: u64,
+    /// Scale preset.
+    pub scale: String,
+    /// Device that ran it (`cpu`, `cuda:0`).
+    pub device: String,
+    /// GPU product name, when a GPU ran it.
+    pub gpu_name: Option<String>,
+    /// Host name of the agent.
+    pub host: String,
+    /// Agent id.
+    pub agent: String,
+    /// Terminal state: succeeded, failed or cancelled.
+    pub status: ShardState,
+    /// Error message for failed shards.
+    pub error: Option<String>,
+    /// Test-split metrics of the best-dev checkpoint (name → value).
+    pub metrics: BTreeMap<String, f64>,
+    /// Dev-split metrics of the best checkpoint.
+    pub dev_metrics: BTreeMap<String, f64>,
+    /// Name of the metric used for model selection and comparisons.
+    pub primary_metric: Option<String>,
+    /// Step of the best-dev checkpoint.
+    pub best_step: Option<u64>,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Peak memory: host RSS of the worker on CPU, peak allocated GPU memory on CUDA.
+    pub peak_memory_bytes: u64,
+    /// What `peak_memory_bytes` measures.
+    pub peak_memory_kind: String,
+    /// Wall-clock seconds of the whole shard (load, train, evaluate).
+    pub wall_seconds: f64,
+    /// Seconds spent in training steps only.
+    pub train_seconds: f64,
+    /// Training steps per second.
+    pub steps_per_second: f64,
+    /// Training tokens (non-pad) per second.
+    pub tokens_per_second: f64,
+    /// Non-finite losses skipped (each one resampled, never silently used).
+    pub skipped_steps: u64,
+    /// Training precision that ran.
+    pub precision: String,
+    /// Intra-op CPU threads of the worker.
+    pub threads: u32,
+    /// Model parameters.
+    pub parameters: u64,
+    /// Train/dev/test example counts.
+    pub split_sizes: BTreeMap<String, u64>,
+    /// sha256 of each data and tokenizer file used, keyed by path relative to the data dir.
+    pub data_checksums: BTreeMap<String, String>,
+    /// The shard as it ran (architecture, settings, weight source).
+    pub config: serde_json::Value,
+    /// Delivery attempt that produced this result (1 = first).
+    pub attempt: u32,
+    /// Step a resumed run restarted from, if it resumed from a checkpoint.
+    pub resumed_from_step: Option<u64>,
+    /// Unix seconds when the attempt started.
+    pub started_at: f64,
+    /// Unix seconds when it finished.
+    pub finished_at: f64,
+    /// W3C traceparent of the shard's processing span.
+    pub traceparent: Option<String>,
+}
+
+/// A run as recorded at submit time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Benchmark name.
+    pub name: String,
+    /// Unix seconds of submission.
+    pub created_at: f64,
+    /// Number of shards.
+    pub shard_count: u32,
+    /// sha256 of the resolved spec (canonical JSON).
+    pub spec_hash: String,
+    /// The resolved spec, as JSON.
+    pub spec: serde_json::Value,
+    /// Every shard id with its model/task/seed, in expansion order.
+    pub shards: Vec<ShardSummary>,
+    /// W3C traceparent of the submit span.
+    pub traceparent: Option<String>,
+}
+
+/// Identity of a shard within a run record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSummary {
+    /// Shard id.
+    pub shard: String,
+    /// Model id.
+    pub model: ModelId,
+    /// Task id.
+    pub task: TaskId,
+    /// Seed.
+    pub seed: u64,
+    /// Device class.
+    pub device_class: DeviceClass,
+}
+
+/// Live state of an agent, refreshed every few seconds with a TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentHeartbeat {
+    /// Agent id (`host:device:pid`).
+    pub agent: String,
+    /// Host name.
+    pub host: String,
+    /// Device the agent is pinned to.
+    pub device: String,
+    /// GPU name, if any.
+    pub gpu_name: Option<String>,
+    /// Run and shard being processed.
+    pub current: Option<(String, String)>,
+    /// Last reported training step of the current shard.
+    pub step: Option<u64>,
+    /// Total steps of the current shard.
+    pub total_steps: Option<u64>,
+    /// Unix seconds when the agent started.
+    pub started_at: f64,
+    /// Unix seconds of this heartbeat.
+    pub at: f64,
+    /// Shards finished by this agent.
+    pub shards_done: u64,
+}
+
+/// One point of a shard's metric stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Training step.
+    pub step: u64,
+    /// What the point is: "train" (loss, lr, throughput) or "dev"/"test" evaluation.
+    pub kind: String,
+    /// Values by name.
+    pub values: BTreeMap<String, f64>,
+    /// Unix seconds.
+    pub at: f64,
+}
+
+/// Seconds since the Unix epoch as f64.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
