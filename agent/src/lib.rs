@@ -1,12 +1,16 @@
 //! qagent: a device-pinned consumer that trains and evaluates benchmark shards with libtorch.
 //!
 //! Module map:
+//! - `device`: pinning to `cpu`/`cuda:N`, loading CUDA at run time, memory statistics.
 //! - `models`: Qwen3, Reversible Qwen3 and OPT in tch, HF checkpoint loading/saving, placement audit.
 //! - `data`: task loaders, tokenizers, prompt templates, seeded splits; `metrics`: task metrics.
 //! - `train`: training methods (AdamW, reversible backprop, MeZO, DiZO), evaluation, checkpoints.
-//! - `worker`: the per-shard worker process; `supervisor`: the consume loop, heartbeats, results.
+//! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
 #![deny(missing_docs)]
 
+pub mod device;
 pub mod error;
+pub mod protocol;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,1 +1,357 @@
-fn main() {}
+//! `qsched`: submit benchmark runs to the fleet and read them back.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cli::commands::{self, SpecFlags};
+use cli::render::{self, Format};
+use shared::amqp::{AmqpBroker, AmqpConfig};
+use shared::redis_store::RedisStore;
+use shared::{DeviceSpec, ModelId};
+
+#[derive(Parser, Debug)]
+#[command(name = "qsched", version, about = "Fleet scheduler for ML training benchmarks")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Conn {
+    /// RabbitMQ URL.
+    #[arg(long, global = true, env = "QSCHED_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    amqp: String,
+    /// Redis URL.
+    #[arg(long, global = true, env = "QSCHED_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    redis: String,
+    /// Prefix of queue names and Redis keys.
+    #[arg(long, global = true, env = "QSCHED_PREFIX", default_value = "qsched")]
+    prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Expand a benchmark into shards and publish them (or run them here with --local).
+    Submit(Box<SubmitArgs>),
+    /// Shard counts by state and live progress of a run.
+    Status {
+        /// Run id.
+        run: String,
+        /// Refresh every N seconds until the run finishes.
+        #[arg(long)]
+        watch: Option<u64>,
+    },
+    /// Results of a run: mean ± std over seeds per model × task (JSON: one object per shard).
+    Results {
+        /// Run id.
+        run: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Compare models against a baseline model, per task, over one or more runs.
+    Compare {
+        /// Run ids.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Baseline model (default: the first model in the results).
+        #[arg(long)]
+        baseline: Option<ModelId>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Live agents: device, current shard, last heartbeat.
+    Agents {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Recent runs.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Cancel a run: queued shards are skipped, running shards are stopped.
+    Cancel {
+        /// Run id.
+        run: String,
+    },
+    /// Publish a run's failed, dead-lettered and cancelled shards again.
+    Retry {
+        /// Run id.
+        run: String,
+        /// Only failed and dead-lettered shards (not cancelled ones).
+        #[arg(long)]
+        failed_only: bool,
+    },
+    /// Messages in the dead-letter queue and the reasons agents gave.
+    DeadLetters {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The scale presets.
+    Scales,
+    /// Run one shard from stdin (embedded mode's worker; not for direct use).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args, Debug)]
+struct SubmitArgs {
+    /// Spec file (TOML); flags override its fields.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Scale preset: tiny, small, medium, large.
+    #[arg(long)]
+    scale: Option<String>,
+    /// Models (methods), comma-separated: qwen3, rev-qwen3, ft-opt, mezo-opt, dizo-opt.
+    #[arg(long)]
+    models: Option<String>,
+    /// Tasks, comma-separated: sst2 cola mrpc stsb qnli rte wnli mnli qqp cb copa boolq wic wsc multirc.
+    #[arg(long)]
+    tasks: Option<String>,
+    /// Seeds, comma-separated.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Device class of the shards (cpu or cuda); default from the scale preset.
+    #[arg(long)]
+    device_class: Option<String>,
+    /// Override a preset field, e.g. --set first_order.max_steps=500 (repeatable).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Data directory holding glue/ and tokenizers/ (checked before anything is queued).
+    #[arg(long, env = "QSCHED_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Run here with an in-process broker and store instead of RabbitMQ and Redis.
+    #[arg(long)]
+    local: bool,
+    /// Local devices, one agent each (with --local), e.g. cpu or cpu,cuda:0.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    devices: Vec<DeviceSpec>,
+    /// Intra-op CPU threads per local worker (default: cores divided among CPU agents).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Checkpoint directory for local workers.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Block until the run ends, then print its results.
+    #[arg(long)]
+    wait: bool,
+    /// Results format (with --wait or --local).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Worker) {
+        return worker();
+    }
+    let _telemetry = shared::telemetry::init("qsched", "warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qsched: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qsched: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "embedded")]
+fn worker() -> ExitCode {
+    ExitCode::from(agent::worker::main_stdio() as u8)
+}
+
+#[cfg(not(feature = "embedded"))]
+fn worker() -> ExitCode {
+    eprintln!("qsched: this build has no embedded mode (built without the `embedded` feature)");
+    ExitCode::FAILURE
+}
+
+async fn broker(conn: &Conn) -> Result<AmqpBroker> {
+    let cfg = AmqpConfig { url: conn.amqp.clone(), prefix: conn.prefix.clone(), ..AmqpConfig::default() };
+    Ok(AmqpBroker::connect(cfg).await?)
+}
+
+async fn store(conn: &Conn) -> Result<RedisStore> {
+    Ok(RedisStore::connect(&conn.redis, &conn.prefix).await?)
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Submit(args) => submit(&conn, *args).await,
+        Command::Status { run, watch } => {
+            let store = store(&conn).await?;
+            let broker = broker(&conn).await.ok();
+            loop {
+                let text = commands::status(&store, broker.as_ref().map(|b| b as &dyn shared::broker::Broker), &run).await?;
+                print!("{text}");
+                let Some(secs) = watch else { return Ok(()) };
+                let record = commands::get_run(&store, &run).await?;
+                if commands::run_finished(&record, &shared::store::Store::states(&store, &run).await?) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+                println!();
+            }
+        }
+        Command::Results { run, format } => {
+            let store = store(&conn).await?;
+            let (text, results, record) = commands::results(&store, &run, format).await?;
+            println!("{text}");
+            if format != Format::Json && results.len() < record.shard_count as usize {
+                eprintln!("{} of {} shards have results so far", results.len(), record.shard_count);
+            }
+            Ok(())
+        }
+        Command::Compare { runs, baseline, format } => {
+            let store = store(&conn).await?;
+            print!("{}", commands::compare(&store, &runs, baseline, format).await?);
+            Ok(())
+        }
+        Command::Agents { format } => {
+            let store = store(&conn).await?;
+            print!("{}", commands::agents(&store, format).await?);
+            Ok(())
+        }
+        Command::Runs { limit } => {
+            let store = store(&conn).await?;
+            print!("{}", commands::runs(&store, limit).await?);
+            Ok(())
+        }
+        Command::Cancel { run } => {
+            let store = store(&conn).await?;
+            let counts = scheduler::cancel(&run, &store).await?;
+            let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
+            println!("run {run} cancelled ({})", parts.join(", "));
+            Ok(())
+        }
+        Command::Retry { run, failed_only } => {
+            let store = store(&conn).await?;
+            let broker = broker(&conn).await?;
+            let selection =
+                if failed_only { scheduler::RetrySelection::FailedOnly } else { scheduler::RetrySelection::Unsuccessful };
+            let ids = scheduler::retry(&run, selection, &broker, &store).await?;
+            println!("run {run}: {} shard(s) published again", ids.len());
+            Ok(())
+        }
+        Command::DeadLetters { limit } => {
+            let store = store(&conn).await?;
+            let broker = broker(&conn).await?;
+            print!("{}", commands::dead_letters(&store, &broker, limit).await?);
+            Ok(())
+        }
+        Command::Scales => {
+            print!("{}", commands::scales());
+            Ok(())
+        }
+        Command::Worker => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+fn progress_message(counts: &std::collections::BTreeMap<shared::shard::ShardState, usize>) -> String {
+    counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
+    let flags = SpecFlags {
+        spec: args.spec.clone(),
+        scale: args.scale.clone(),
+        models: args.models.clone(),
+        tasks: args.tasks.clone(),
+        seeds: args.seeds.clone(),
+        device_class: args.device_class.clone(),
+        set: args.set.clone(),
+    };
+    let spec = commands::resolve_spec(&flags)?;
+    if let Some(dir) = &args.data_dir {
+        spec.check_data(dir)?;
+    }
+    if args.local {
+        return submit_local(spec, args).await;
+    }
+    // Connect to both services before publishing anything.
+    let broker = broker(conn).await?;
+    let store = store(conn).await?;
+    let run_id = scheduler::new_run_id();
+    let record = scheduler::submit(&spec, &run_id, &broker, &store).await?;
+    eprintln!("submitted run {run_id}: {} shard(s) ({} on {} agents)", record.shard_count, spec.name, spec.device_class);
+    if args.wait {
+        let bar = progress_bar(record.shard_count as usize);
+        commands::wait_for_run(&store, &run_id, Duration::from_secs(1), |done, _, counts| {
+            bar.set_position(done as u64);
+            bar.set_message(progress_message(counts));
+        })
+        .await?;
+        bar.finish_and_clear();
+        let (text, _, _) = commands::results(&store, &run_id, args.format).await?;
+        println!("{text}");
+        if args.format == Format::Json {
+            return Ok(());
+        }
+    }
+    println!("{run_id}");
+    Ok(())
+}
+
+#[cfg(feature = "embedded")]
+async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
+    spec.check_data(&data_dir)?;
+    let exe = std::env::current_exe().context("cannot find the qsched executable")?;
+    let opts = cli::embedded::LocalOptions {
+        devices: args.devices.clone(),
+        data_dir,
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        threads: args.threads,
+        worker_command: vec![exe.into_os_string(), "worker".into()],
+    };
+    let total = spec.models.len() * spec.tasks.len() * spec.seeds.len();
+    let bar = progress_bar(total);
+    let (run_id, results) = cli::embedded::run_local(&spec, opts, |done, _, counts| {
+        bar.set_position(done as u64);
+        bar.set_message(progress_message(counts));
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!("{}", render::render_results(&results, args.format));
+    if args.format != Format::Json {
+        println!("{run_id}");
+    } else {
+        eprintln!("run {run_id}");
+    }
+    let failed = results.iter().filter(|r| r.status != shared::shard::ShardState::Succeeded).count();
+    if failed > 0 {
+        bail!("{failed} of {} shard(s) did not succeed", results.len());
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "embedded"))]
+async fn submit_local(_spec: shared::spec::BenchmarkSpec, _args: SubmitArgs) -> Result<()> {
+    bail!("this qsched was built without the `embedded` feature; --local is unavailable")
+}

@@ -1,1 +1,352 @@
-//! placeholder
+//! The scheduler: expands a resolved benchmark spec into shards (pure and
+//! deterministic) and publishes them (the only I/O here), plus run bookkeeping for
+//! `cancel` and `retry`.
+//!
+//! Expansion order is models × tasks × seeds, in the order the spec lists them. A shard
+//! id is the first 16 hex digits of the sha256 of the shard's canonical JSON without its
+//! run id, so the same spec always yields the same shard ids, and two runs of one spec
+//! can be compared shard by shard.
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, info_span, Instrument};
+
+use shared::broker::{Broker, OutgoingMessage};
+use shared::shard::{ModelArch, RunRecord, Shard, ShardState, ShardSummary, unix_now};
+use shared::spec::BenchmarkSpec;
+use shared::store::Store;
+use shared::{Family, wire};
+
+/// Errors of the scheduler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// From the shared crate (codec, broker, store).
+    #[error(transparent)]
+    Shared(#[from] shared::Error),
+    /// A run that does not exist.
+    #[error("run '{0}' not found")]
+    UnknownRun(String),
+    /// The spec stored with a run cannot be read back.
+    #[error("run '{run}': stored spec is unreadable: {message}")]
+    CorruptRun {
+        /// Run id.
+        run: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Error {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Shared(e) => e.is_transient(),
+            Error::UnknownRun(_) | Error::CorruptRun { .. } => false,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 of the spec's canonical JSON.
+pub fn spec_hash(spec: &BenchmarkSpec) -> String {
+    // serde_json writes struct fields in declaration order and maps (BTreeMap) sorted,
+    // so this is canonical for a given build.
+    sha256_hex(&serde_json::to_vec(spec).unwrap_or_default())
+}
+
+/// A fresh run id: `r-<UTC yyyymmdd-hhmmss>-<6 hex>` (sortable, unique per submission).
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("r-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{}", rem / 3600, rem % 3600 / 60, rem % 60, &rand[..6])
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Expands a spec into shards for `run_id`. Pure: no I/O, deterministic ids.
+pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
+    let p = &spec.preset;
+    let mut shards = Vec::new();
+    for &model in &spec.models {
+        for &task in &spec.tasks {
+            for &seed in &spec.seeds {
+                let arch = match model.family() {
+                    Family::Qwen3 => ModelArch::Qwen3(p.qwen3.clone()),
+                    Family::Opt => ModelArch::Opt(p.opt.clone()),
+                };
+                let train = if model.is_zeroth_order() { p.zeroth_order.clone() } else { p.first_order.clone() };
+                let dizo = (model == shared::ModelId::DizoOpt).then(|| p.dizo.clone());
+                let mut shard = Shard {
+                    run_id: String::new(),
+                    shard_id: String::new(),
+                    index: shards.len() as u32,
+                    model,
+                    task,
+                    seed,
+                    scale: p.name.clone(),
+                    device_class: spec.device_class,
+                    arch,
+                    init: spec.init_for(model).clone(),
+                    data: p.data.clone(),
+                    train,
+                    dizo,
+                };
+                shard.shard_id = sha256_hex(&serde_json::to_vec(&shard).unwrap_or_default())[..16].to_owned();
+                shard.run_id = run_id.to_owned();
+                shards.push(shard);
+            }
+        }
+    }
+    shards
+}
+
+/// The run record stored at submit time.
+pub fn run_record(spec: &BenchmarkSpec, run_id: &str, shards: &[Shard], traceparent: Option<String>) -> RunRecord {
+    RunRecord {
+        run_id: run_id.to_owned(),
+        name: spec.name.clone(),
+        created_at: unix_now(),
+        shard_count: shards.len() as u32,
+        spec_hash: spec_hash(spec),
+        spec: serde_json::to_value(spec).unwrap_or(serde_json::Value::Null),
+        shards: shards
+            .iter()
+            .map(|s| ShardSummary {
+                shard: s.shard_id.clone(),
+                model: s.model,
+                task: s.task,
+                seed: s.seed,
+                device_class: s.device_class,
+            })
+            .collect(),
+        traceparent,
+    }
+}
+
+fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
+    let body = wire::encode_shard(shard)?;
+    // Each message carries the trace context of its own publish span, a child of the
+    // submit span, so the agent's processing joins the submit's trace.
+    let span = info_span!("shard.publish", otel.kind = "producer", run = %shard.run_id, shard = %shard.shard_id,
+        model = %shard.model, task = %shard.task, seed = shard.seed, messaging.system = "rabbitmq",
+        messaging.operation.type = "publish");
+    let mut headers = shared::telemetry::inject(&span);
+    headers.insert("x-qsched-run".into(), shard.run_id.clone());
+    Ok(OutgoingMessage {
+        class: shard.device_class,
+        message_id: format!("{}:{}", shard.run_id, shard.shard_id),
+        body,
+        headers,
+    })
+}
+
+/// Records the run in the store, then publishes its shards (confirmed).
+///
+/// The record is written first so that an agent that picks a shard up at once finds
+/// its run; if publishing fails the run stays recorded with every shard `queued`, and
+/// `retry` can publish it again.
+pub async fn submit(
+    spec: &BenchmarkSpec,
+    run_id: &str,
+    broker: &dyn Broker,
+    store: &dyn Store,
+) -> Result<RunRecord> {
+    let span = info_span!("submit", otel.kind = "producer", run = %run_id, name = %spec.name, scale = %spec.preset.name);
+    async {
+        let shards = expand(spec, run_id);
+        let record = run_record(spec, run_id, &shards, shared::telemetry::traceparent(&tracing::Span::current()));
+        broker.declare().await?;
+        store.put_run(&record).await?;
+        let messages = shards.iter().map(message_for).collect::<Result<Vec<_>>>()?;
+        broker.publish(messages).await?;
+        info!(shards = shards.len(), "published");
+        Ok(record)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Re-expands a stored run's spec (same ids) — used by `retry`.
+pub fn shards_of(record: &RunRecord) -> Result<Vec<Shard>> {
+    let spec: BenchmarkSpec = serde_json::from_value(record.spec.clone())
+        .map_err(|e| Error::CorruptRun { run: record.run_id.clone(), message: e.to_string() })?;
+    Ok(expand(&spec, &record.run_id))
+}
+
+/// Marks a run cancelled. Queued shards are acked without running when an agent
+/// receives them; running shards are stopped by their agent.
+pub async fn cancel(run_id: &str, store: &dyn Store) -> Result<BTreeMap<ShardState, usize>> {
+    let record = store.get_run(run_id).await?.ok_or_else(|| Error::UnknownRun(run_id.to_owned()))?;
+    store.cancel(run_id).await?;
+    let states = store.states(run_id).await?;
+    let mut counts = BTreeMap::new();
+    for s in &record.shards {
+        let state = states.get(&s.shard).copied().unwrap_or(ShardState::Queued);
+        *counts.entry(state).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Which shards `retry` republishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySelection {
+    /// Failed, dead-lettered and cancelled shards.
+    Unsuccessful,
+    /// Only failed and dead-lettered shards.
+    FailedOnly,
+}
+
+/// Republishes a run's unsuccessful shards: clears the cancel flag, removes their
+/// results, marks them queued and publishes them again. Returns the shard ids.
+pub async fn retry(
+    run_id: &str,
+    selection: RetrySelection,
+    broker: &dyn Broker,
+    store: &dyn Store,
+) -> Result<Vec<String>> {
+    let span = info_span!("retry", otel.kind = "producer", run = %run_id);
+    async {
+        let record = store.get_run(run_id).await?.ok_or_else(|| Error::UnknownRun(run_id.to_owned()))?;
+        let states = store.states(run_id).await?;
+        let wanted = |s: ShardState| match selection {
+            RetrySelection::Unsuccessful => matches!(s, ShardState::Failed | ShardState::Dead | ShardState::Cancelled),
+            RetrySelection::FailedOnly => matches!(s, ShardState::Failed | ShardState::Dead),
+        };
+        let shards: Vec<Shard> =
+            shards_of(&record)?.into_iter().filter(|s| states.get(&s.shard_id).copied().is_some_and(wanted)).collect();
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        store.uncancel(run_id).await?;
+        for s in &shards {
+            store.delete_result(run_id, &s.shard_id).await?;
+            store.force_state(run_id, &s.shard_id, ShardState::Queued).await?;
+        }
+        broker.declare().await?;
+        broker.publish(shards.iter().map(message_for).collect::<Result<Vec<_>>>()?).await?;
+        info!(shards = shards.len(), "republished");
+        Ok(shards.into_iter().map(|s| s.shard_id).collect())
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::spec::SpecInput;
+    use shared::store::MemoryStore;
+    use shared::broker::MemoryBroker;
+    use shared::{DeviceClass, ModelId, TaskId};
+
+    fn spec() -> BenchmarkSpec {
+        SpecInput {
+            models: Some(vec!["qwen3".into(), "dizo-opt".into()]),
+            tasks: Some(vec!["sst2".into(), "rte".into()]),
+            seeds: Some(vec![1, 2, 3]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+    }
+
+    #[test]
+    fn expansion_is_the_full_product_in_order() {
+        let shards = expand(&spec(), "r1");
+        assert_eq!(shards.len(), 12);
+        assert_eq!((shards[0].model, shards[0].task, shards[0].seed), (ModelId::Qwen3, TaskId::Sst2, 1));
+        assert_eq!((shards[3].model, shards[3].task, shards[3].seed), (ModelId::Qwen3, TaskId::Rte, 1));
+        assert_eq!((shards[11].model, shards[11].task, shards[11].seed), (ModelId::DizoOpt, TaskId::Rte, 3));
+        assert!(shards.iter().enumerate().all(|(i, s)| s.index as usize == i && s.run_id == "r1"));
+        // Method-specific settings.
+        assert!(matches!(shards[0].arch, ModelArch::Qwen3(_)));
+        assert!(shards[0].dizo.is_none());
+        assert!(matches!(shards[6].arch, ModelArch::Opt(_)));
+        assert!(shards[6].dizo.is_some());
+        assert_eq!(shards[6].train, spec().preset.zeroth_order);
+        assert!(shards.iter().all(|s| s.device_class == DeviceClass::Cpu));
+    }
+
+    #[test]
+    fn ids_are_deterministic_unique_and_run_independent() {
+        let a = expand(&spec(), "r1");
+        let b = expand(&spec(), "r2");
+        let ids: Vec<_> = a.iter().map(|s| s.shard_id.clone()).collect();
+        assert_eq!(ids, b.iter().map(|s| s.shard_id.clone()).collect::<Vec<_>>());
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+        assert!(ids.iter().all(|i| i.len() == 16 && i.chars().all(|c| c.is_ascii_hexdigit())));
+        // Changing a setting changes the ids.
+        let mut other = spec();
+        other.preset.first_order.max_steps += 1;
+        assert_ne!(expand(&other, "r1")[0].shard_id, a[0].shard_id);
+    }
+
+    #[test]
+    fn run_ids_are_dated_and_unique() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("r-20") && a.len() == "r-20261126-010203-abcdef".len(), "{a}");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
+    }
+
+    #[tokio::test]
+    async fn submit_records_then_publishes() {
+        let broker = MemoryBroker::default();
+        let store = MemoryStore::new();
+        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        assert_eq!(record.shard_count, 12);
+        assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 12);
+        let states = store.states("r1").await.unwrap();
+        assert_eq!(states.len(), 12);
+        assert!(states.values().all(|s| *s == ShardState::Queued));
+        let stored = store.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(shards_of(&stored).unwrap(), expand(&spec(), "r1"));
+    }
+
+    #[tokio::test]
+    async fn retry_republishes_only_unsuccessful() {
+        let broker = MemoryBroker::default();
+        let store = MemoryStore::new();
+        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        let ids: Vec<_> = record.shards.iter().map(|s| s.shard.clone()).collect();
+        store.force_state("r1", &ids[0], ShardState::Failed).await.unwrap();
+        store.force_state("r1", &ids[1], ShardState::Succeeded).await.unwrap();
+        store.force_state("r1", &ids[2], ShardState::Cancelled).await.unwrap();
+        let again = retry("r1", RetrySelection::FailedOnly, &broker, &store).await.unwrap();
+        assert_eq!(again, vec![ids[0].clone()]);
+        assert_eq!(store.states("r1").await.unwrap()[&ids[0]], ShardState::Queued);
+        let again = retry("r1", RetrySelection::Unsuccessful, &broker, &store).await.unwrap();
+        assert_eq!(again, vec![ids[2].clone()]);
+        assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 14);
+        assert!(matches!(retry("nope", RetrySelection::Unsuccessful, &broker, &store).await, Err(Error::UnknownRun(_))));
+    }
+}

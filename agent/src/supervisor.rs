@@ -1,0 +1,630 @@
+//! The agent's consume loop: one device, one shard at a time, a worker process per shard.
+//!
+//! For each delivery: decode (undecodable → dead-letter with the reason, keep running);
+//! skip shards that already have a result (a redelivery after a crash that happened
+//! between storing and acking) or whose run is cancelled; otherwise start a worker, relay
+//! its metrics to the store, and when it ends store the final result **before** acking.
+//! A retryable failure is rejected back to the queue until the delivery limit; the last
+//! attempt's failure is stored as a failed result so it is always visible.
+//!
+//! Everything here is I/O on the tokio runtime; training happens in the worker process,
+//! so AMQP heartbeats and Redis writes are never starved by a long step.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use shared::broker::{Broker, Delivery};
+use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardResult, ShardState, unix_now};
+use shared::store::{DeadLetterRecord, Progress, Store};
+use shared::{DeviceSpec, wire};
+
+use crate::error::{Error, Result};
+use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEvent, WorkerRequest};
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Device this agent is pinned to.
+    pub device: DeviceSpec,
+    /// GPU name (for heartbeats), when pinned to CUDA.
+    pub gpu_name: Option<String>,
+    /// Data directory passed to workers.
+    pub data_dir: PathBuf,
+    /// Checkpoint directory passed to workers.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Intra-op CPU threads per worker (0 = libtorch's default).
+    pub threads: u32,
+    /// Program and arguments that start a worker (`[qagent, "worker"]`).
+    pub worker_command: Vec<OsString>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat expiry.
+    pub heartbeat_ttl: Duration,
+    /// How often a running shard checks its run's cancel flag.
+    pub cancel_poll: Duration,
+    /// Deliveries before a failing shard is given up (matches the queue's limit).
+    pub delivery_limit: u32,
+    /// Largest message decoded.
+    pub max_message_bytes: usize,
+    /// Agent id (`host:device:pid`).
+    pub agent_id: String,
+    /// Host name.
+    pub host: String,
+    /// Stop after this many shards (None = run until shutdown).
+    pub max_shards: Option<u64>,
+}
+
+impl AgentConfig {
+    /// Defaults for `device`, with this host's name and a worker started from the
+    /// current executable with the `worker` subcommand.
+    pub fn new(device: DeviceSpec, data_dir: PathBuf) -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+        let host = host_name();
+        Ok(AgentConfig {
+            device,
+            gpu_name: None,
+            data_dir,
+            checkpoint_dir: None,
+            threads: 0,
+            worker_command: vec![exe.into_os_string(), "worker".into()],
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_ttl: Duration::from_secs(30),
+            cancel_poll: Duration::from_secs(2),
+            delivery_limit: shared::broker::DEFAULT_DELIVERY_LIMIT,
+            max_message_bytes: wire::DEFAULT_MAX_MESSAGE_BYTES,
+            agent_id: format!("{host}:{device}:{}", std::process::id()),
+            host,
+            max_shards: None,
+        })
+    }
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// What an agent did before it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Shards that ended with a stored result (any status).
+    pub finished: u64,
+    /// Deliveries rejected back to the queue.
+    pub requeued: u64,
+    /// Deliveries skipped because a result existed.
+    pub duplicates: u64,
+    /// Messages dead-lettered by this agent.
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+struct LiveState {
+    current: Option<(String, String)>,
+    step: Option<u64>,
+    total_steps: Option<u64>,
+    done: u64,
+}
+
+/// Runs the agent until `shutdown` resolves (or `max_shards` is reached).
+pub async fn run(
+    cfg: AgentConfig,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<AgentStats> {
+    let live = Arc::new(Mutex::new(LiveState::default()));
+    let started_at = unix_now();
+    broker.declare().await?;
+    let mut consumer = broker.consume(cfg.device.class(), &cfg.agent_id).await?;
+    info!(agent = %cfg.agent_id, device = %cfg.device, queue_class = %cfg.device.class(), "agent consuming");
+
+    let heartbeat = tokio::spawn(heartbeat_loop(cfg.clone(), store.clone(), live.clone(), started_at));
+    let mut stats = AgentStats::default();
+    tokio::pin!(shutdown);
+    let result = loop {
+        if cfg.max_shards.is_some_and(|m| stats.finished + stats.duplicates >= m) {
+            break Ok(());
+        }
+        let next = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(Error::Shared(e)),
+            None => {
+                break Err(Error::Shared(shared::Error::Broker {
+                    url: String::new(),
+                    message: "the broker closed the consumer".into(),
+                    transient: true,
+                }));
+            }
+        };
+        match handle_delivery(&cfg, broker.as_ref(), store.as_ref(), &live, delivery, &mut stats, &mut shutdown).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    heartbeat.abort();
+    if let Err(e) = store.remove_agent(&cfg.agent_id).await {
+        warn!(error = %e, "could not remove the agent's heartbeat");
+    }
+    result.map(|()| stats)
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex<LiveState>>, started_at: f64) {
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        let beat = {
+            let l = live.lock().unwrap_or_else(|p| p.into_inner());
+            AgentHeartbeat {
+                agent: cfg.agent_id.clone(),
+                host: cfg.host.clone(),
+                device: cfg.device.to_string(),
+                gpu_name: cfg.gpu_name.clone(),
+                current: l.current.clone(),
+                step: l.step,
+                total_steps: l.total_steps,
+                started_at,
+                at: unix_now(),
+                shards_done: l.done,
+            }
+        };
+        if let Err(e) = store.heartbeat(&beat, cfg.heartbeat_ttl).await {
+            warn!(error = %e, "heartbeat not stored");
+        }
+    }
+}
+
+fn run_and_shard(message_id: Option<&str>) -> Option<(String, String)> {
+    let (run, shard) = message_id?.split_once(':')?;
+    Some((run.to_owned(), shard.to_owned()))
+}
+
+async fn dead_letter(
+    cfg: &AgentConfig,
+    broker: &dyn Broker,
+    store: &dyn Store,
+    delivery: Delivery,
+    reason: String,
+) -> Result<()> {
+    warn!(reason = %reason, message_id = ?delivery.message_id, "dead-lettering a message");
+    let mut headers = delivery.headers.clone();
+    if let Some(id) = &delivery.message_id {
+        headers.insert("message-id".into(), id.clone());
+    }
+    broker.dead_letter(delivery.body.clone(), headers.clone(), &reason).await?;
+    let record = DeadLetterRecord {
+        letter: shared::broker::DeadLetter {
+            message_id: delivery.message_id.clone(),
+            reason: reason.clone(),
+            queue: Some(cfg.device.class().to_string()),
+            size: delivery.body.len(),
+            headers,
+        },
+        agent: cfg.agent_id.clone(),
+        at: unix_now(),
+    };
+    store.record_dead_letter(&record).await?;
+    if let Some((run, shard)) = run_and_shard(delivery.message_id.as_deref()) {
+        store.set_state(&run, &shard, ShardState::Dead).await?;
+    }
+    delivery.ack().await?;
+    Ok(())
+}
+
+async fn handle_delivery(
+    cfg: &AgentConfig,
+    broker: &dyn Broker,
+    store: &dyn Store,
+    live: &Arc<Mutex<LiveState>>,
+    delivery: Delivery,
+    stats: &mut AgentStats,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Flow> {
+    let shard = match wire::decode_shard(&delivery.body, cfg.max_message_bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            dead_letter(cfg, broker, store, delivery, format!("undecodable message: {e}")).await?;
+            stats.dead_lettered += 1;
+            return Ok(Flow::Continue);
+        }
+    };
+    if shard.device_class != cfg.device.class() {
+        let reason = format!("shard for {} devices arrived on a {} agent", shard.device_class, cfg.device.class());
+        dead_letter(cfg, broker, store, delivery, reason).await?;
+        stats.dead_lettered += 1;
+        return Ok(Flow::Continue);
+    }
+    let span = info_span!("shard.process", otel.kind = "consumer", run = %shard.run_id, shard = %shard.shard_id,
+        model = %shard.model, task = %shard.task, seed = shard.seed, device = %cfg.device,
+        delivery_count = delivery.delivery_count, messaging.system = "rabbitmq", messaging.operation.type = "process");
+    shared::telemetry::set_parent(&span, &delivery.headers);
+    let traceparent = shared::telemetry::traceparent(&span);
+    process_shard(cfg, store, live, delivery, shard, stats, shutdown, traceparent).instrument(span).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process_shard(
+    cfg: &AgentConfig,
+    store: &dyn Store,
+    live: &Arc<Mutex<LiveState>>,
+    delivery: Delivery,
+    shard: Shard,
+    stats: &mut AgentStats,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    traceparent: Option<String>,
+) -> Result<Flow> {
+    let (run, id) = (shard.run_id.clone(), shard.shard_id.clone());
+    if store.get_result(&run, &id).await?.is_some() {
+        info!("result already stored; acking the redelivery");
+        delivery.ack().await?;
+        stats.duplicates += 1;
+        return Ok(Flow::Continue);
+    }
+    let attempt = store.incr_attempt(&run, &id).await?;
+    let started_at = unix_now();
+    if store.is_cancelled(&run).await? {
+        let result = failure_result(cfg, &shard, attempt, ShardState::Cancelled, "run cancelled before start", started_at, traceparent);
+        store_result(store, &result).await?;
+        delivery.ack().await?;
+        stats.finished += 1;
+        return Ok(Flow::Continue);
+    }
+    store.set_state(&run, &id, ShardState::Running).await?;
+    {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        l.current = Some((run.clone(), id.clone()));
+        l.step = Some(0);
+        l.total_steps = Some(u64::from(shard.train.max_steps));
+    }
+    let last_attempt = delivery.delivery_count + 1 >= cfg.delivery_limit;
+    let request = WorkerRequest {
+        protocol_version: PROTOCOL_VERSION,
+        shard: shard.clone(),
+        device: cfg.device,
+        data_dir: cfg.data_dir.clone(),
+        checkpoint_dir: cfg.checkpoint_dir.clone(),
+        threads: cfg.threads,
+        traceparent: traceparent.clone(),
+        attempt,
+    };
+    let ended = run_worker(cfg, store, live, &request, shutdown).await;
+    {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        l.current = None;
+        l.step = None;
+        l.total_steps = None;
+    }
+    let flow = match ended {
+        WorkerEnd::Finished(outcome) => {
+            let result = success_result(cfg, &shard, attempt, *outcome, started_at, traceparent);
+            store_result(store, &result).await?;
+            delivery.ack().await?;
+            stats.finished += 1;
+            info!(status = "succeeded", "shard stored and acked");
+            Flow::Continue
+        }
+        WorkerEnd::Failed { message, retryable } if retryable && !last_attempt => {
+            warn!(error = %message, attempt, "retryable failure; requeueing");
+            store.set_state(&run, &id, ShardState::Queued).await?;
+            delivery.reject(true).await?;
+            stats.requeued += 1;
+            Flow::Continue
+        }
+        WorkerEnd::Failed { message, retryable } => {
+            let message = if retryable {
+                format!("{message} (attempt {} of {}; giving up)", delivery.delivery_count + 1, cfg.delivery_limit)
+            } else {
+                message
+            };
+            error!(error = %message, "shard failed");
+            let result = failure_result(cfg, &shard, attempt, ShardState::Failed, &message, started_at, traceparent);
+            store_result(store, &result).await?;
+            delivery.ack().await?;
+            stats.finished += 1;
+            Flow::Continue
+        }
+        WorkerEnd::Cancelled => {
+            let result = failure_result(cfg, &shard, attempt, ShardState::Cancelled, "run cancelled while running", started_at, traceparent);
+            store_result(store, &result).await?;
+            delivery.ack().await?;
+            stats.finished += 1;
+            Flow::Continue
+        }
+        WorkerEnd::Shutdown => {
+            info!("agent shutting down; shard returned to the queue");
+            store.set_state(&run, &id, ShardState::Queued).await?;
+            delivery.nack_requeue().await?;
+            Flow::Stop
+        }
+    };
+    live.lock().unwrap_or_else(|p| p.into_inner()).done = stats.finished;
+    Ok(flow)
+}
+
+/// Stores a final result, retrying transient failures for up to ten minutes: the
+/// delivery is only acked after this succeeds, so a result is never dropped.
+async fn store_result(store: &dyn Store, result: &ShardResult) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.put_result(result).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                info!("a result for this shard already existed; keeping the first");
+                return Ok(());
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "storing the result failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+enum WorkerEnd {
+    Finished(Box<ShardOutcome>),
+    Failed { message: String, retryable: bool },
+    Cancelled,
+    Shutdown,
+}
+
+async fn read_event(stdout: &mut ChildStdout) -> std::io::Result<Option<WorkerEvent>> {
+    let mut len = [0u8; 4];
+    match stdout.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    stdout.read_exact(&mut buf).await?;
+    shared::wire::decode(&buf, MAX_FRAME_BYTES)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+fn spawn_worker(cfg: &AgentConfig) -> Result<Child> {
+    let (program, args) = cfg
+        .worker_command
+        .split_first()
+        .ok_or_else(|| Error::Worker { message: "empty worker command".into(), retryable: false })?;
+    Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Worker { message: format!("cannot start worker {program:?}: {e}"), retryable: false })
+}
+
+async fn run_worker(
+    cfg: &AgentConfig,
+    store: &dyn Store,
+    live: &Arc<Mutex<LiveState>>,
+    request: &WorkerRequest,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> WorkerEnd {
+    let shard = &request.shard;
+    let mut child = match spawn_worker(cfg) {
+        Ok(c) => c,
+        Err(e) => return WorkerEnd::Failed { message: e.to_string(), retryable: e.is_retryable() },
+    };
+    // The request goes in; stdin then stays open: its closing tells the worker we died.
+    let mut stdin = child.stdin.take();
+    let frame = match shared::wire::encode(request) {
+        Ok(b) => b,
+        Err(e) => return WorkerEnd::Failed { message: e.to_string(), retryable: false },
+    };
+    if let Some(s) = stdin.as_mut() {
+        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&frame);
+        if let Err(e) = s.write_all(&bytes).await {
+            return WorkerEnd::Failed { message: format!("cannot send the request to the worker: {e}"), retryable: true };
+        }
+    }
+    let Some(mut stdout) = child.stdout.take() else {
+        return WorkerEnd::Failed { message: "worker has no stdout".into(), retryable: true };
+    };
+    let mut cancel_tick = tokio::time::interval(cfg.cancel_poll);
+    let mut reported: Option<WorkerEnd> = None;
+    loop {
+        tokio::select! {
+            _ = &mut *shutdown => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return WorkerEnd::Shutdown;
+            }
+            _ = cancel_tick.tick() => {
+                match store.is_cancelled(&shard.run_id).await {
+                    Ok(true) => {
+                        info!("run cancelled; stopping the worker");
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        return WorkerEnd::Cancelled;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cancel flag not readable"),
+                }
+            }
+            event = read_event(&mut stdout) => match event {
+                Ok(Some(WorkerEvent::Metrics { step, total_steps, kind, values })) => {
+                    relay_metrics(cfg, store, live, shard, step, total_steps, kind, values).await;
+                }
+                Ok(Some(WorkerEvent::Started { device, total_steps, resumed_from_step, .. })) => {
+                    info!(device = %device, total_steps, resumed_from_step = ?resumed_from_step, "worker started training");
+                }
+                Ok(Some(WorkerEvent::Finished(outcome))) => reported = Some(WorkerEnd::Finished(outcome)),
+                Ok(Some(WorkerEvent::Failed { message, retryable })) => reported = Some(WorkerEnd::Failed { message, retryable }),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = child.start_kill();
+                    reported.get_or_insert(WorkerEnd::Failed { message: format!("worker protocol error: {e}"), retryable: true });
+                    break;
+                }
+            }
+        }
+    }
+    drop(stdin);
+    let status = child.wait().await;
+    if let Some(end) = reported {
+        return end;
+    }
+    let how = match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (s.code(), s.signal()) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), _) => format!("exited with status {code}"),
+                _ => "ended".into(),
+            }
+        }
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    // A crash without a report (segfault, abort, OOM killer) may be specific to this
+    // host or attempt: let the delivery limit decide.
+    WorkerEnd::Failed { message: format!("worker {how} without reporting a result"), retryable: true }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_metrics(
+    cfg: &AgentConfig,
+    store: &dyn Store,
+    live: &Arc<Mutex<LiveState>>,
+    shard: &Shard,
+    step: u64,
+    total_steps: u64,
+    kind: String,
+    values: BTreeMap<String, f64>,
+) {
+    {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        l.step = Some(step);
+        l.total_steps = Some(total_steps);
+    }
+    let loss = values.get("loss").copied();
+    let point = MetricPoint { step, kind: kind.clone(), values, at: unix_now() };
+    if let Err(e) = store.append_metrics(&shard.run_id, &shard.shard_id, std::slice::from_ref(&point)).await {
+        warn!(error = %e, "metrics not stored");
+    }
+    if kind == "train" {
+        let progress = Progress { step, total_steps, agent: cfg.agent_id.clone(), loss, at: point.at };
+        if let Err(e) = store.set_progress(&shard.run_id, &shard.shard_id, &progress).await {
+            warn!(error = %e, "progress not stored");
+        }
+    }
+}
+
+fn base_result(cfg: &AgentConfig, shard: &Shard, attempt: u32, started_at: f64, traceparent: Option<String>) -> ShardResult {
+    ShardResult {
+        run: shard.run_id.clone(),
+        shard: shard.shard_id.clone(),
+        model: shard.model,
+        task: shard.task,
+        seed: shard.seed,
+        scale: shard.scale.clone(),
+        device: cfg.device.to_string(),
+        gpu_name: cfg.gpu_name.clone(),
+        host: cfg.host.clone(),
+        agent: cfg.agent_id.clone(),
+        status: ShardState::Failed,
+        error: None,
+        metrics: BTreeMap::new(),
+        dev_metrics: BTreeMap::new(),
+        primary_metric: None,
+        best_step: None,
+        steps: 0,
+        peak_memory_bytes: 0,
+        peak_memory_kind: String::new(),
+        wall_seconds: unix_now() - started_at,
+        train_seconds: 0.0,
+        steps_per_second: 0.0,
+        tokens_per_second: 0.0,
+        skipped_steps: 0,
+        precision: format!("{:?}", shard.train.precision).to_lowercase(),
+        threads: cfg.threads,
+        parameters: 0,
+        split_sizes: BTreeMap::new(),
+        data_checksums: BTreeMap::new(),
+        config: serde_json::to_value(shard).unwrap_or(serde_json::Value::Null),
+        attempt,
+        resumed_from_step: None,
+        started_at,
+        finished_at: unix_now(),
+        traceparent,
+    }
+}
+
+fn failure_result(
+    cfg: &AgentConfig,
+    shard: &Shard,
+    attempt: u32,
+    status: ShardState,
+    message: &str,
+    started_at: f64,
+    traceparent: Option<String>,
+) -> ShardResult {
+    ShardResult { status, error: Some(message.to_owned()), ..base_result(cfg, shard, attempt, started_at, traceparent) }
+}
+
+fn success_result(
+    cfg: &AgentConfig,
+    shard: &Shard,
+    attempt: u32,
+    o: ShardOutcome,
+    started_at: f64,
+    traceparent: Option<String>,
+) -> ShardResult {
+    ShardResult {
+        status: ShardState::Succeeded,
+        device: o.device,
+        gpu_name: o.gpu_name,
+        metrics: o.metrics,
+        dev_metrics: o.dev_metrics,
+        primary_metric: Some(o.primary_metric),
+        best_step: Some(o.best_step),
+        steps: o.steps,
+        peak_memory_bytes: o.peak_memory_bytes,
+        peak_memory_kind: o.peak_memory_kind,
+        wall_seconds: o.wall_seconds,
+        train_seconds: o.train_seconds,
+        steps_per_second: o.steps_per_second,
+        tokens_per_second: o.tokens_per_second,
+        skipped_steps: o.skipped_steps,
+        precision: o.precision,
+        threads: o.threads,
+        parameters: o.parameters,
+        split_sizes: o.split_sizes,
+        data_checksums: o.data_checksums,
+        config: o.config,
+        resumed_from_step: o.resumed_from_step,
+        ..base_result(cfg, shard, attempt, started_at, traceparent)
+    }
+}

@@ -1,0 +1,356 @@
+//! Turning results and run state into tables, JSON, CSV and Markdown. Pure functions:
+//! no I/O, so every format is unit-tested.
+
+use std::collections::BTreeMap;
+
+use comfy_table::{Table, presets};
+use serde_json::{Value, json};
+
+use shared::shard::{ShardResult, ShardState};
+use shared::{ModelId, TaskId};
+
+/// Output format of `results`, `compare` and `submit --wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned table for terminals.
+    Table,
+    /// One JSON object per shard.
+    Json,
+    /// Aggregates as CSV.
+    Csv,
+    /// Aggregates as a Markdown table.
+    Markdown,
+}
+
+/// One shard as `qsched results --format json` prints it.
+pub fn result_json(r: &ShardResult) -> Value {
+    json!({
+        "run": r.run,
+        "shard": r.shard,
+        "model": r.model,
+        "task": r.task,
+        "seed": r.seed,
+        "scale": r.scale,
+        "device": r.device,
+        "gpu_name": r.gpu_name,
+        "host": r.host,
+        "agent": r.agent,
+        "status": r.status,
+        "error": r.error,
+        "metrics": r.metrics,
+        "dev_metrics": r.dev_metrics,
+        "primary_metric": r.primary_metric,
+        "best_step": r.best_step,
+        "steps": r.steps,
+        "peak_memory_bytes": r.peak_memory_bytes,
+        "peak_memory_kind": r.peak_memory_kind,
+        "wall_seconds": r.wall_seconds,
+        "train_seconds": r.train_seconds,
+        "steps_per_second": r.steps_per_second,
+        "tokens_per_second": r.tokens_per_second,
+        "skipped_steps": r.skipped_steps,
+        "precision": r.precision,
+        "threads": r.threads,
+        "parameters": r.parameters,
+        "split_sizes": r.split_sizes,
+        "data_checksums": r.data_checksums,
+        "attempt": r.attempt,
+        "resumed_from_step": r.resumed_from_step,
+        "config": r.config,
+        "traceparent": r.traceparent,
+    })
+}
+
+/// Mean, sample standard deviation and count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (0 for a single value).
+    pub std: f64,
+    /// Number of values.
+    pub n: usize,
+}
+
+/// Summary of `values`; `None` when empty.
+pub fn summarize(values: &[f64]) -> Option<Summary> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let std = if n > 1 {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Some(Summary { mean, std, n })
+}
+
+/// Aggregate of one model × task over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    /// Model id.
+    pub model: ModelId,
+    /// Task id.
+    pub task: TaskId,
+    /// Primary metric name.
+    pub metric: Option<String>,
+    /// Primary metric over succeeded shards.
+    pub primary: Option<Summary>,
+    /// Every metric over succeeded shards.
+    pub metrics: BTreeMap<String, Summary>,
+    /// Peak memory (bytes) over succeeded shards.
+    pub peak_memory: Option<Summary>,
+    /// Wall seconds over succeeded shards.
+    pub wall_seconds: Option<Summary>,
+    /// Training tokens per second over succeeded shards.
+    pub tokens_per_second: Option<Summary>,
+    /// Shards that did not succeed.
+    pub failed: usize,
+    /// Seeds of the succeeded shards.
+    pub seeds: Vec<u64>,
+}
+
+/// Groups results by model × task (spec order: models then tasks as they appear).
+pub fn aggregate(results: &[ShardResult]) -> Vec<Aggregate> {
+    let mut order: Vec<(ModelId, TaskId)> = Vec::new();
+    let mut groups: BTreeMap<(ModelId, TaskId), Vec<&ShardResult>> = BTreeMap::new();
+    let mut sorted: Vec<&ShardResult> = results.iter().collect();
+    sorted.sort_by_key(|r| (r.model, r.task, r.seed));
+    for r in sorted {
+        let key = (r.model, r.task);
+        if !order.contains(&key) {
+            order.push(key);
+        }
+        groups.entry(key).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let rs = &groups[&key];
+            let ok: Vec<&&ShardResult> = rs.iter().filter(|r| r.status == ShardState::Succeeded).collect();
+            let metric = ok.iter().find_map(|r| r.primary_metric.clone());
+            let mut names: Vec<String> = ok.iter().flat_map(|r| r.metrics.keys().cloned()).collect();
+            names.sort();
+            names.dedup();
+            let metrics = names
+                .into_iter()
+                .filter_map(|n| {
+                    let v: Vec<f64> = ok.iter().filter_map(|r| r.metrics.get(&n).copied()).collect();
+                    summarize(&v).map(|s| (n, s))
+                })
+                .collect::<BTreeMap<_, _>>();
+            let primary = metric.as_ref().and_then(|m| metrics.get(m).copied());
+            let col = |f: fn(&ShardResult) -> f64| summarize(&ok.iter().map(|r| f(r)).collect::<Vec<_>>());
+            Aggregate {
+                model: key.0,
+                task: key.1,
+                metric,
+                primary,
+                metrics,
+                peak_memory: col(|r| r.peak_memory_bytes as f64),
+                wall_seconds: col(|r| r.wall_seconds),
+                tokens_per_second: col(|r| r.tokens_per_second),
+                failed: rs.len() - ok.len(),
+                seeds: ok.iter().map(|r| r.seed).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Bytes as MiB/GiB.
+pub fn human_bytes(b: f64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if b >= 1024.0 * MIB { format!("{:.2} GiB", b / (1024.0 * MIB)) } else { format!("{:.1} MiB", b / MIB) }
+}
+
+fn pm(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) => format!("{:.*} ± {:.*}", digits, s.mean, digits, s.std),
+        None => "—".into(),
+    }
+}
+
+const HEADERS: [&str; 9] = ["model", "task", "metric", "mean ± std", "n", "failed", "peak memory", "wall s", "tokens/s"];
+
+fn rows(aggs: &[Aggregate]) -> Vec<[String; 9]> {
+    aggs.iter()
+        .map(|a| {
+            [
+                a.model.to_string(),
+                a.task.to_string(),
+                a.metric.clone().unwrap_or_else(|| "—".into()),
+                pm(a.primary, 4),
+                a.primary.map_or(0, |s| s.n).to_string(),
+                a.failed.to_string(),
+                a.peak_memory.map_or("—".into(), |s| human_bytes(s.mean)),
+                a.wall_seconds.map_or("—".into(), |s| format!("{:.1}", s.mean)),
+                a.tokens_per_second.map_or("—".into(), |s| format!("{:.0}", s.mean)),
+            ]
+        })
+        .collect()
+}
+
+/// Renders results in `format`.
+pub fn render_results(results: &[ShardResult], format: Format) -> String {
+    match format {
+        Format::Json => {
+            let mut sorted: Vec<&ShardResult> = results.iter().collect();
+            sorted.sort_by_key(|r| (r.model, r.task, r.seed));
+            let arr: Vec<Value> = sorted.into_iter().map(result_json).collect();
+            serde_json::to_string_pretty(&arr).unwrap_or_else(|_| "[]".into())
+        }
+        Format::Table => {
+            let mut t = Table::new();
+            t.load_preset(presets::UTF8_FULL_CONDENSED).set_header(HEADERS);
+            for r in rows(&aggregate(results)) {
+                t.add_row(r);
+            }
+            let mut out = t.to_string();
+            let failures: Vec<&ShardResult> = results.iter().filter(|r| r.status != ShardState::Succeeded).collect();
+            for f in failures {
+                out.push_str(&format!(
+                    "\n{} {} seed {} {}: {}",
+                    f.model,
+                    f.task,
+                    f.seed,
+                    f.status.as_str(),
+                    f.error.as_deref().unwrap_or("")
+                ));
+            }
+            out
+        }
+        Format::Csv => {
+            let mut out = String::from("model,task,metric,mean,std,n,failed,peak_memory_bytes,wall_seconds,tokens_per_second\n");
+            for a in aggregate(results) {
+                let (mean, std, n) = a.primary.map_or((String::new(), String::new(), 0), |s| {
+                    (format!("{}", s.mean), format!("{}", s.std), s.n)
+                });
+                out.push_str(&format!(
+                    "{},{},{},{},{},{},{},{},{},{}\n",
+                    a.model,
+                    a.task,
+                    a.metric.unwrap_or_default(),
+                    mean,
+                    std,
+                    n,
+                    a.failed,
+                    a.peak_memory.map_or(String::new(), |s| format!("{:.0}", s.mean)),
+                    a.wall_seconds.map_or(String::new(), |s| format!("{:.3}", s.mean)),
+                    a.tokens_per_second.map_or(String::new(), |s| format!("{:.1}", s.mean)),
+                ));
+            }
+            out
+        }
+        Format::Markdown => {
+            let mut out = format!("| {} |\n|{}\n", HEADERS.join(" | "), "---|".repeat(HEADERS.len()));
+            for r in rows(&aggregate(results)) {
+                out.push_str(&format!("| {} |\n", r.join(" | ")));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn result(model: ModelId, seed: u64, acc: Option<f64>) -> ShardResult {
+        let mut metrics = BTreeMap::new();
+        if let Some(a) = acc {
+            metrics.insert("accuracy".to_owned(), a);
+        }
+        ShardResult {
+            run: "r".into(),
+            shard: format!("s{seed}"),
+            model,
+            task: TaskId::Sst2,
+            seed,
+            scale: "tiny".into(),
+            device: "cpu".into(),
+            gpu_name: None,
+            host: "h".into(),
+            agent: "a".into(),
+            status: if acc.is_some() { ShardState::Succeeded } else { ShardState::Failed },
+            error: acc.is_none().then(|| "boom".to_owned()),
+            metrics,
+            dev_metrics: BTreeMap::new(),
+            primary_metric: acc.is_some().then(|| "accuracy".to_owned()),
+            best_step: Some(10),
+            steps: 10,
+            peak_memory_bytes: 100 * 1024 * 1024,
+            peak_memory_kind: "host_rss_peak".into(),
+            wall_seconds: 2.0,
+            train_seconds: 1.0,
+            steps_per_second: 10.0,
+            tokens_per_second: 1000.0,
+            skipped_steps: 0,
+            precision: "fp32".into(),
+            threads: 2,
+            parameters: 1,
+            split_sizes: BTreeMap::new(),
+            data_checksums: BTreeMap::new(),
+            config: Value::Null,
+            attempt: 1,
+            resumed_from_step: None,
+            started_at: 0.0,
+            finished_at: 0.0,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn summary_math() {
+        // mean of 0.8, 0.9, 1.0 = 0.9; sample variance = (0.01+0+0.01)/2 = 0.01; std = 0.1
+        let s = summarize(&[0.8, 0.9, 1.0]).unwrap();
+        assert!((s.mean - 0.9).abs() < 1e-12 && (s.std - 0.1).abs() < 1e-12 && s.n == 3);
+        assert_eq!(summarize(&[0.5]).unwrap().std, 0.0);
+        assert!(summarize(&[]).is_none());
+    }
+
+    #[test]
+    fn aggregates_by_model_and_task_counting_failures() {
+        let rs = vec![
+            result(ModelId::Qwen3, 1, Some(0.8)),
+            result(ModelId::Qwen3, 2, Some(0.9)),
+            result(ModelId::Qwen3, 3, None),
+            result(ModelId::RevQwen3, 1, Some(0.7)),
+        ];
+        let a = aggregate(&rs);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].model, ModelId::Qwen3);
+        assert_eq!(a[0].primary.unwrap().n, 2);
+        assert!((a[0].primary.unwrap().mean - 0.85).abs() < 1e-12);
+        assert_eq!(a[0].failed, 1);
+        assert_eq!(a[0].seeds, vec![1, 2]);
+        assert_eq!(a[1].failed, 0);
+    }
+
+    #[test]
+    fn every_format_renders() {
+        let rs = vec![result(ModelId::Qwen3, 1, Some(0.8)), result(ModelId::Qwen3, 2, None)];
+        let json: Value = serde_json::from_str(&render_results(&rs, Format::Json)).unwrap();
+        let arr = json.as_array().unwrap();
+        assert_eq!(arr.len(), 2);
+        for key in ["run", "shard", "model", "task", "seed", "scale", "device", "status", "metrics", "peak_memory_bytes", "wall_seconds"] {
+            assert!(arr[0].get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(arr[0]["metrics"]["accuracy"], 0.8);
+        assert_eq!(arr[1]["status"], "failed");
+        let csv = render_results(&rs, Format::Csv);
+        assert_eq!(csv.lines().count(), 2);
+        assert!(csv.lines().nth(1).unwrap().starts_with("qwen3,sst2,accuracy,0.8,0,1,1,"));
+        let md = render_results(&rs, Format::Markdown);
+        assert!(md.contains("| qwen3 | sst2 | accuracy | 0.8000 ± 0.0000 | 1 | 1 |"), "{md}");
+        let table = render_results(&rs, Format::Table);
+        assert!(table.contains("0.8000 ± 0.0000") && table.contains("boom"), "{table}");
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(512.0 * 1024.0 * 1024.0), "512.0 MiB");
+        assert_eq!(human_bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.00 GiB");
+    }
+}
