@@ -5,3 +5,6 @@ mod util;
 
 // AmqpBroker: confirms, prefetch 1, redelivery, delivery limit, dead letters, connect errors.
 mod amqp;
+
+// RedisStore: exactly-once results, terminal states, streams, heartbeats, retries across a restart.
+mod redis;

@@ -226,6 +226,12 @@ impl RedisStore {
         })
     }
 
+    /// The same store (sharing the connection) with another retry policy, e.g. a more
+    /// patient one for writing final results.
+    pub fn with_retry(&self, retry: RetryPolicy) -> Self {
+        RedisStore { retry: RetryPolicy { attempts: retry.attempts.max(1), ..retry }, ..self.clone() }
+    }
+
     /// The key schema in use.
     pub fn keys(&self) -> &Keys {
         &self.keys
