@@ -250,10 +250,10 @@ impl RedisStore {
         let mut deleted = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .query("scanning keys", &redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
+                .query("scanning keys", redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
                 .await?;
             if !keys.is_empty() {
-                deleted += self.query::<u64>("deleting keys", &redis::cmd("DEL").arg(&keys)).await?;
+                deleted += self.query::<u64>("deleting keys", redis::cmd("DEL").arg(&keys)).await?;
             }
             if next == 0 {
                 break;
