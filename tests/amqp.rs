@@ -199,6 +199,8 @@ async fn a_dying_agent_connection_requeues_its_shard() {
     }
     let err = held.ack().await.unwrap_err();
     assert!(err.is_transient(), "{err}");
+    // The closed broker handle reconnects on its next use.
+    assert_eq!(agent.queue_depth(DeviceClass::Cuda).await.unwrap(), 1);
 
     // Another agent gets the shard again, marked as redelivered.
     let mut survivor = b.consume(DeviceClass::Cuda, "survivor").await.unwrap();

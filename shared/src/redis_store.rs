@@ -13,6 +13,10 @@
 //!   when the error is transient (I/O, timeout, `LOADING`, `TRYAGAIN`, `BUSY`, …). Errors that
 //!   retrying cannot fix (`WRONGTYPE`, script errors, authentication) return at once.
 //!
+//! Multi-key operations (`put_run`, the agent listing) assume one Redis server (standalone
+//! or behind Sentinel): the `runs` and `agents` indexes do not share a hash slot with the
+//! keys they index, so Redis Cluster would refuse them.
+//!
 //! Retrying is safe because each write is idempotent or harmless when repeated after a
 //! lost reply: `SET`, `HSET`, `ZADD`, `HSETNX` and the scripts converge to the same state;
 //! `put_result` answers `true` again when the stored result is byte-for-byte the one being
