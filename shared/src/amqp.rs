@@ -34,7 +34,9 @@
 //! lapin does not expose the broker's `server-properties` (they arrive in
 //! `connection.start` and are only traced), so [`AmqpBroker::connect`] reads them with a
 //! short pre-handshake probe: open the socket, send the protocol header, parse
-//! `connection.start`, close. The probe authenticates nothing and sends no credentials.
+//! `connection.start`, close. The probe authenticates nothing and sends no credentials; the
+//! broker logs it as one "client unexpectedly closed TCP connection" warning per connect.
+//! Call [`AmqpBroker::close`] on shutdown so the main connection ends without one.
 //!
 //! Automatic connection recovery in lapin is deliberately not enabled: a consumer whose
 //! connection dies ends (`next()` returns `None` or a transient error), its unacked
