@@ -1,0 +1,201 @@
+//! The harness: where the services are, unique names per test, fixtures that delete what
+//! a test created even when it panics, and a private `redis-server` for fault tests.
+
+use std::net::TcpListener;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared::amqp::{AmqpBroker, AmqpConfig};
+use shared::broker::Broker;
+use shared::redis_store::{RedisConfig, RedisStore};
+
+/// The RabbitMQ under test (`QSCHED_AMQP_URL`, default the CI broker).
+pub fn amqp_url() -> String {
+    std::env::var("QSCHED_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The Redis under test (`QSCHED_REDIS_URL`, default the CI server).
+pub fn redis_url() -> String {
+    std::env::var("QSCHED_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name no other test (or concurrent run) uses: `t-<pid>-<nanos>-<name>`.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("t-{}-{nanos}-{name}", std::process::id())
+}
+
+/// Runs an async cleanup to completion from `Drop`, on a thread with its own runtime (the
+/// test's runtime may be shutting down, or the test may have panicked).
+fn cleanup_blocking<F, Fut>(what: String, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = shared::Result<()>>,
+{
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cleanup runtime");
+        if let Err(e) = rt.block_on(f()) {
+            eprintln!("cleanup of {what} failed: {e}");
+        }
+    })
+    .join();
+    if joined.is_err() {
+        eprintln!("cleanup thread panicked");
+    }
+}
+
+/// A broker with its own prefix and declared topology; deleted on drop.
+pub struct TestBroker {
+    pub broker: AmqpBroker,
+    pub config: AmqpConfig,
+}
+
+impl TestBroker {
+    /// Delivery limit 3 and otherwise default settings.
+    pub async fn new(name: &str) -> Self {
+        Self::with(name, |_| {}).await
+    }
+
+    /// Adjust the configuration before connecting.
+    pub async fn with(name: &str, adjust: impl FnOnce(&mut AmqpConfig)) -> Self {
+        let mut config = AmqpConfig::new(amqp_url()).with_prefix(unique_prefix(name));
+        adjust(&mut config);
+        let broker = AmqpBroker::connect(config.clone()).await.expect("connect to RabbitMQ");
+        broker.declare().await.expect("declare topology");
+        TestBroker { broker, config }
+    }
+
+    /// Another connection to the same topology (an agent in another process).
+    pub async fn another_connection(&self) -> AmqpBroker {
+        AmqpBroker::connect(self.config.clone()).await.expect("second connection")
+    }
+}
+
+impl Deref for TestBroker {
+    type Target = AmqpBroker;
+    fn deref(&self) -> &AmqpBroker {
+        &self.broker
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        cleanup_blocking(format!("AMQP prefix {}", config.prefix), move || async move {
+            AmqpBroker::connect(config).await?.delete_topology().await
+        });
+    }
+}
+
+/// A store with its own key prefix; its keys are deleted on drop.
+pub struct TestStore {
+    pub store: RedisStore,
+    pub config: RedisConfig,
+}
+
+impl TestStore {
+    pub async fn new(name: &str) -> Self {
+        let config = RedisConfig::new(redis_url()).with_prefix(unique_prefix(name));
+        let store = RedisStore::connect_with(config.clone()).await.expect("connect to Redis");
+        TestStore { store, config }
+    }
+
+    /// A plain connection for inspecting raw keys.
+    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.config.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Deref for TestStore {
+    type Target = RedisStore;
+    fn deref(&self) -> &RedisStore {
+        &self.store
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        cleanup_blocking(format!("Redis prefix {}", config.prefix), move || async move {
+            RedisStore::connect_with(config).await?.delete_prefix().await.map(|_| ())
+        });
+    }
+}
+
+/// A free TCP port on loopback (bound and released; fine for a test that starts a server
+/// on it at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of our own, without persistence, killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn binary() -> PathBuf {
+        std::env::var_os("QSCHED_REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
+    }
+
+    /// Starts a server on a free port and waits until it answers.
+    pub async fn start() -> Self {
+        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no shutdown, like a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers PING.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(Self::binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} (set QSCHED_REDIS_SERVER): {e}", Self::binary().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = redis::Client::open(self.url()).unwrap();
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private redis-server did not come up on port {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
