@@ -7,6 +7,8 @@
 //! - `worker`: the per-shard worker process; `supervisor`: the consume loop, heartbeats, results.
 #![deny(missing_docs)]
 
+pub mod data;
 pub mod error;
+pub mod metrics;
 
 pub use error::{Error, Result};
