@@ -13,6 +13,7 @@
 //! is pure Rust. Nothing here downloads, invents data, or falls back silently: a missing or
 //! malformed file is an [`Error::Data`] naming the file (and line).
 
+pub mod split;
 pub mod tasks;
 
 use std::io::Read;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub use split::{TaskSplits, sample_test, split_task};
 pub use tasks::{Example, Input, Label, LoadedTask, TaskInfo, TrainData, load_task, task_info};
 
 /// Lower-case hex SHA-256 of a file's bytes, recorded with results so that a number can
