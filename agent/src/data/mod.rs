@@ -15,6 +15,7 @@
 
 pub mod split;
 pub mod tasks;
+pub mod tokenize;
 
 use std::io::Read;
 use std::path::Path;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 
 pub use split::{TaskSplits, sample_test, split_task};
 pub use tasks::{Example, Input, Label, LoadedTask, TaskInfo, TrainData, load_task, task_info};
+pub use tokenize::{TextTokenizer, TokenizerKind};
 
 /// Lower-case hex SHA-256 of a file's bytes, recorded with results so that a number can
 /// be traced back to the exact data file it was computed on.
