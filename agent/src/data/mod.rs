@@ -13,6 +13,7 @@
 //! is pure Rust. Nothing here downloads, invents data, or falls back silently: a missing or
 //! malformed file is an [`Error::Data`] naming the file (and line).
 
+pub mod prompts;
 pub mod split;
 pub mod tasks;
 pub mod tokenize;
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub use prompts::{InputFormat, TrainObjective, check_supported, train_objective};
 pub use split::{TaskSplits, sample_test, split_task};
 pub use tasks::{Example, Input, Label, LoadedTask, TaskInfo, TrainData, load_task, task_info};
 pub use tokenize::{TextTokenizer, TokenizerKind};
