@@ -13,6 +13,7 @@
 //! is pure Rust. Nothing here downloads, invents data, or falls back silently: a missing or
 //! malformed file is an [`Error::Data`] naming the file (and line).
 
+pub mod encode;
 pub mod prompts;
 pub mod split;
 pub mod tasks;
@@ -25,6 +26,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub use encode::{
+    CandidateBatch, CandidateExample, CandidateRows, ClassifierBatch, ClassifierExample, collate_candidates,
+    collate_classifier, encode_candidates, encode_classifier,
+};
 pub use prompts::{InputFormat, TrainObjective, check_supported, train_objective};
 pub use split::{TaskSplits, sample_test, split_task};
 pub use tasks::{Example, Input, Label, LoadedTask, TaskInfo, TrainData, load_task, task_info};
