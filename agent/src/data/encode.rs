@@ -605,6 +605,36 @@ mod tests {
         assert!(collate_candidates(&[&ex1, &three], CandidateRows::All, 1, Device::Cpu).is_err());
     }
 
+    /// Every task with a validation file encodes in both formats at the `tiny` preset's
+    /// max_seq_len (64), within the models' vocabularies.
+    #[test]
+    fn every_task_encodes_at_tiny_length() {
+        let dir = test_data_dir();
+        let (qwen_vocab, opt_vocab) = (shared::scale::QWEN3_VOCAB as usize, shared::scale::OPT_VOCAB as usize);
+        for task in TaskId::ALL {
+            let Ok((_, examples)) = load_validation(task, &dir) else { continue };
+            for e in examples.iter().take(EXAMPLES_PER_TASK) {
+                let c = encode_classifier(task, e, qwen(), 64)
+                    .unwrap_or_else(|err| panic!("{task} line {}: {err}", e.line));
+                assert!((1..=64).contains(&c.ids.len()));
+                TextTokenizer::check_ids(&c.ids, qwen_vocab).unwrap();
+                if task == TaskId::Stsb {
+                    continue;
+                }
+                let p =
+                    encode_candidates(task, e, opt(), 64).unwrap_or_else(|err| panic!("{task} line {}: {err}", e.line));
+                for cand in &p.candidates {
+                    assert!(cand.ids.len() <= 64 && cand.ids[0] == 0 && cand.option_len >= 1);
+                    TextTokenizer::check_ids(&cand.ids, opt_vocab).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Examples per task in `every_task_encodes_at_tiny_length` (all of them were checked
+    /// once by hand with `usize::MAX`; 200 keeps the test fast).
+    const EXAMPLES_PER_TASK: usize = 200;
+
     #[test]
     fn real_candidates_collate() {
         let dir = test_data_dir();
