@@ -8,8 +8,10 @@
 //! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
 #![deny(missing_docs)]
 
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod train;
 

@@ -183,7 +183,7 @@ pub fn collate(
         }
         Encoded::Candidates(v) => {
             let items: Vec<&CandidateExample> = indices.iter().map(|&i| &v[i]).collect();
-            let rows = if train && objective == TrainObjective::GoldLanguageModel {
+            let rows = if train && objective == TrainObjective::GoldLm {
                 CandidateRows::GoldOnly
             } else {
                 CandidateRows::All
