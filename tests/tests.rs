@@ -3,8 +3,20 @@
 // Harness: service URLs, unique prefixes, self-cleaning fixtures, a private redis-server.
 mod util;
 
+// Harness for the real binaries: qagent/qsched processes, the data directory.
+mod procs;
+
 // AmqpBroker: confirms, prefetch 1, redelivery, delivery limit, dead letters, connect errors.
 mod amqp;
 
 // RedisStore: exactly-once results, terminal states, streams, heartbeats, retries across a restart.
 mod redis;
+
+// qsched and qagent refuse bad input with clear errors and enqueue nothing.
+mod cli;
+
+// Two qagent processes finish every shard exactly once, even when one is killed mid-shard.
+mod fleet;
+
+// One trace id from submit to the agent's spans.
+mod trace;

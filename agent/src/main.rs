@@ -139,13 +139,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     }
-    let amqp = shared::amqp::AmqpConfig {
-        url: args.amqp.clone(),
-        prefix: args.prefix.clone(),
-        delivery_limit: args.delivery_limit,
-        consumer_timeout: Some(args.consumer_timeout_hours),
-        ..shared::amqp::AmqpConfig::default()
-    };
+    let mut amqp = shared::amqp::AmqpConfig::new(args.amqp.clone()).with_prefix(args.prefix.clone());
+    amqp.delivery_limit = args.delivery_limit;
+    amqp.consumer_timeout = Some(args.consumer_timeout_hours);
     let broker = shared::amqp::AmqpBroker::connect(amqp).await?;
     let store = shared::redis_store::RedisStore::connect(&args.redis, &args.prefix).await?;
     let mut cfg = AgentConfig::new(device, data_dir)?;

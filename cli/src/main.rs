@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::commands::{self, SpecFlags};
-use cli::render::{self, Format};
+use cli::render::Format;
 use shared::amqp::{AmqpBroker, AmqpConfig};
 use shared::redis_store::RedisStore;
 use shared::{DeviceSpec, ModelId};
@@ -182,7 +182,7 @@ fn worker() -> ExitCode {
 }
 
 async fn broker(conn: &Conn) -> Result<AmqpBroker> {
-    let cfg = AmqpConfig { url: conn.amqp.clone(), prefix: conn.prefix.clone(), ..AmqpConfig::default() };
+    let cfg = AmqpConfig::new(conn.amqp.clone()).with_prefix(conn.prefix.clone());
     Ok(AmqpBroker::connect(cfg).await?)
 }
 
@@ -320,6 +320,8 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
 
 #[cfg(feature = "embedded")]
 async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Result<()> {
+    use anyhow::Context;
+    use cli::render;
     let data_dir = args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
     spec.check_data(&data_dir)?;
     let exe = std::env::current_exe().context("cannot find the qsched executable")?;

@@ -1,0 +1,87 @@
+//! Bad input gets a clear error, a non-zero exit and nothing enqueued.
+
+use shared::DeviceClass;
+use shared::broker::Broker;
+use shared::store::Store;
+
+use crate::procs::{Fleet, bin, data_dir, text};
+
+fn assert_fails(out: &std::process::Output, needle: &str) {
+    let (stdout, stderr) = text(out);
+    assert!(!out.status.success(), "expected failure, got success: {stdout}");
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_fail_clearly_and_enqueue_nothing() {
+    let fleet = Fleet::new("badinput").await;
+    let data = data_dir();
+    let data = data.to_str().unwrap();
+    assert_fails(&fleet.qsched(&["submit", "--models", "bogus"]), "unknown model 'bogus'");
+    assert_fails(&fleet.qsched(&["submit", "--tasks", "sst3"]), "unknown task 'sst3'");
+    assert_fails(&fleet.qsched(&["submit", "--scale", "huge"]), "unknown scale 'huge'");
+    assert_fails(&fleet.qsched(&["submit", "--seeds", "1,x"]), "invalid seed 'x'");
+    assert_fails(&fleet.qsched(&["submit", "--set", "first_order.max_stepz=3"]), "max_stepz");
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    std::fs::write(&spec, "models = [\"qwen3\"\nscale = 3\n").unwrap();
+    assert_fails(&fleet.qsched(&["submit", "--spec", spec.to_str().unwrap()]), "malformed spec file");
+    std::fs::write(&spec, "scale = \"tiny\"\ncolour = \"red\"\n").unwrap();
+    assert_fails(&fleet.qsched(&["submit", "--spec", spec.to_str().unwrap()]), "colour");
+
+    // A data directory without the task's files.
+    std::fs::create_dir_all(dir.path().join("glue")).unwrap();
+    let link = dir.path().join("tokenizers");
+    std::os::unix::fs::symlink(std::path::Path::new(data).join("tokenizers"), &link).unwrap();
+    assert_fails(
+        &fleet.qsched(&["submit", "--models", "qwen3", "--data-dir", dir.path().to_str().unwrap()]),
+        "SST-2/train.tsv",
+    );
+    // A task with no train split.
+    assert_fails(&fleet.qsched(&["submit", "--tasks", "qnli", "--data-dir", data]), "QNLI/train.tsv");
+
+    // Unreachable services: the error names the (redacted) URL; the password never shows.
+    let out = fleet.qsched(&["--amqp", "amqp://guest:s3cret@127.0.0.1:1/%2f", "submit", "--models", "qwen3"]);
+    assert_fails(&out, "127.0.0.1:1");
+    assert!(!text(&out).1.contains("s3cret"));
+    let out = fleet.qsched(&["--redis", "redis://:s3cret@127.0.0.1:1", "submit", "--models", "qwen3"]);
+    assert_fails(&out, "127.0.0.1:1");
+    assert!(!text(&out).1.contains("s3cret"));
+
+    // Nothing reached the queues or the store.
+    assert_eq!(fleet.broker().queue_depth(DeviceClass::Cpu).await.unwrap(), 0);
+    assert_eq!(fleet.broker().queue_depth(DeviceClass::Cuda).await.unwrap(), 0);
+    assert!(fleet.store.list_runs(10).await.unwrap().is_empty());
+}
+
+#[test]
+fn agent_refuses_devices_it_cannot_use() {
+    let run = |device: &str| {
+        std::process::Command::new(bin("qagent"))
+            .args(["--device", device, "--data-dir"])
+            .arg(data_dir())
+            .output()
+            .unwrap()
+    };
+    // No CUDA on this host: a clear error naming what was looked for, never a CPU run.
+    assert_fails(&run("cuda:0"), "libtorch_cuda.so");
+    assert_fails(&run("gpu"), "expected 'cpu' or 'cuda:N'");
+    assert_fails(&run("cuda"), "expected 'cpu' or 'cuda:N'");
+}
+
+#[test]
+fn local_mode_without_a_cuda_device_is_refused() {
+    let out = std::process::Command::new(bin("qsched"))
+        .args(["submit", "--local", "--devices", "cuda:0", "--models", "qwen3", "--data-dir"])
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert_fails(&out, "need a cpu device but --devices lists only cuda:0");
+    let out = std::process::Command::new(bin("qsched"))
+        .args(["submit", "--local", "--device-class", "cuda", "--devices", "cuda:0", "--models", "qwen3", "--data-dir"])
+        .arg(data_dir())
+        .output()
+        .unwrap();
+    assert_fails(&out, "libtorch_cuda.so");
+}
