@@ -8,5 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod inspect;
+pub mod models;
 
 pub use error::{Error, Result};

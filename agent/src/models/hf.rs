@@ -1,0 +1,617 @@
+//! Hugging Face model directories: loading (`config.json` + `model.safetensors`, or a
+//! sharded `model.safetensors.index.json` + shards) and saving (`config.json` +
+//! `model.safetensors` that transformers 4.x and 5.x load, plus tokenizer files).
+//!
+//! Loading is strict: every model variable must come from the checkpoint with exactly
+//! its shape, and every checkpoint tensor must be used, except a stored `lm_head.weight`
+//! that duplicates the embedding of a tied model. fp32/fp16/bf16/fp64 tensors are
+//! converted to the variables' kind on the variables' device. The architecture comes
+//! from `architectures` in `config.json`.
+//!
+//! This module does not choose devices (the caller passes one) and does not tokenize.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, View};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor, nn};
+
+use super::common::{HfFields, kind_from_name, kind_name};
+use super::{opt, qwen3};
+use crate::{Error, Result};
+
+/// Single-file weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Index of sharded weights.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// Model config.
+pub const CONFIG_FILE: &str = "config.json";
+/// Tokenizer files copied by [`save_model_dir`] when present.
+pub const TOKENIZER_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+];
+
+/// The architectures this crate loads (HF `architectures[0]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Architecture {
+    /// `Qwen3ForCausalLM`.
+    Qwen3ForCausalLM,
+    /// `Qwen3ForSequenceClassification`.
+    Qwen3ForSequenceClassification,
+    /// `OPTForCausalLM`.
+    OptForCausalLM,
+}
+
+impl Architecture {
+    /// The HF class name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Qwen3ForCausalLM => "Qwen3ForCausalLM",
+            Architecture::Qwen3ForSequenceClassification => "Qwen3ForSequenceClassification",
+            Architecture::OptForCausalLM => "OPTForCausalLM",
+        }
+    }
+
+    /// Parses an HF class name.
+    pub fn from_hf(name: &str) -> Option<Architecture> {
+        [Architecture::Qwen3ForCausalLM, Architecture::Qwen3ForSequenceClassification, Architecture::OptForCausalLM]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+
+    /// The architecture named by a `config.json`.
+    pub fn from_config(json: &serde_json::Value) -> Result<Architecture> {
+        let list = HfFields::new(json)?
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| Error::config("architectures", "missing: cannot tell which model class the checkpoint holds"))?;
+        let [one] = list.as_slice() else {
+            return Err(Error::config("architectures", format!("expected exactly one entry, got {}", list.len())));
+        };
+        let name = one.as_str().unwrap_or_default();
+        Architecture::from_hf(name).ok_or_else(|| {
+            Error::config(
+                "architectures",
+                format!("unsupported architecture {one} (supported: Qwen3ForCausalLM, Qwen3ForSequenceClassification, OPTForCausalLM)"),
+            )
+        })
+    }
+}
+
+/// A model that can be written as an HF checkpoint.
+pub trait HfCheckpoint {
+    /// HF class name written to `architectures`.
+    fn architecture(&self) -> Architecture;
+    /// `config.json` contents without `architectures` and `dtype` (added on save).
+    fn hf_config(&self) -> serde_json::Value;
+    /// Tensors to save, HF names, tied weights once.
+    fn named_parameters(&self) -> Vec<(String, Tensor)>;
+}
+
+impl HfCheckpoint for qwen3::Qwen3ForCausalLM {
+    fn architecture(&self) -> Architecture {
+        Architecture::Qwen3ForCausalLM
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        self.config().to_hf_json()
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        qwen3::Qwen3ForCausalLM::named_parameters(self)
+    }
+}
+
+impl HfCheckpoint for qwen3::Qwen3ForSequenceClassification {
+    fn architecture(&self) -> Architecture {
+        Architecture::Qwen3ForSequenceClassification
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        let mut json = self.config().to_hf_json();
+        let n = self.num_labels();
+        let id2label: BTreeMap<String, String> = (0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect();
+        let label2id: BTreeMap<String, i64> = (0..n).map(|i| (format!("LABEL_{i}"), i)).collect();
+        if let Some(map) = json.as_object_mut() {
+            map.insert("id2label".into(), serde_json::json!(id2label));
+            map.insert("label2id".into(), serde_json::json!(label2id));
+            map.insert("pad_token_id".into(), serde_json::json!(self.pad_token_id()));
+        }
+        json
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        qwen3::Qwen3ForSequenceClassification::named_parameters(self)
+    }
+}
+
+impl HfCheckpoint for opt::OptForCausalLM {
+    fn architecture(&self) -> Architecture {
+        Architecture::OptForCausalLM
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        self.config().to_hf_json()
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        opt::OptForCausalLM::named_parameters(self)
+    }
+}
+
+/// A model built from a checkpoint directory.
+#[derive(Debug)]
+pub enum LoadedModel {
+    /// Qwen3 causal LM.
+    Qwen3Lm(qwen3::Qwen3ForCausalLM),
+    /// Qwen3 sequence classification (or regression with one label).
+    Qwen3Cls(qwen3::Qwen3ForSequenceClassification),
+    /// OPT causal LM.
+    OptLm(opt::OptForCausalLM),
+}
+
+impl LoadedModel {
+    /// Evaluation logits: `[B, T, vocab]` for a causal LM, `[B, num_labels]` for
+    /// sequence classification.
+    pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        match self {
+            LoadedModel::Qwen3Lm(m) => m.forward(input_ids, attention_mask),
+            LoadedModel::Qwen3Cls(m) => m.forward(input_ids, attention_mask),
+            LoadedModel::OptLm(m) => m.forward(input_ids, attention_mask),
+        }
+    }
+
+    /// Rows of the token embedding (valid ids are `0..vocab_size`).
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            LoadedModel::Qwen3Lm(m) => m.config().vocab_size,
+            LoadedModel::Qwen3Cls(m) => m.config().vocab_size,
+            LoadedModel::OptLm(m) => m.config().vocab_size,
+        }
+    }
+
+    fn as_checkpoint(&self) -> &dyn HfCheckpoint {
+        match self {
+            LoadedModel::Qwen3Lm(m) => m,
+            LoadedModel::Qwen3Cls(m) => m,
+            LoadedModel::OptLm(m) => m,
+        }
+    }
+}
+
+impl HfCheckpoint for LoadedModel {
+    fn architecture(&self) -> Architecture {
+        self.as_checkpoint().architecture()
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        self.as_checkpoint().hf_config()
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.as_checkpoint().named_parameters()
+    }
+}
+
+/// What [`load_model_dir`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// HF architecture.
+    pub architecture: Architecture,
+    /// The resolved config (every default applied), HF names.
+    pub config: serde_json::Value,
+    /// Classification outputs (sequence classification only).
+    pub num_labels: Option<i64>,
+    /// Number of trainable scalars (tied weights once).
+    pub parameter_count: i64,
+    /// dtype(s) of the stored tensors, e.g. `"bfloat16"` (comma-separated if mixed).
+    pub stored_dtype: String,
+    /// `dtype` / `torch_dtype` declared in config.json, if any.
+    pub declared_dtype: Option<String>,
+    /// Kind of the model's variables after loading (tensors are converted to it).
+    pub variable_dtype: String,
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint { path: path.clone(), message: format!("config.json is not valid JSON: {e}") })
+}
+
+/// Number of labels of a sequence-classification config: `num_labels`, else the size
+/// of `id2label`, else HF's default of 2.
+fn num_labels_of(json: &serde_json::Value) -> Result<i64> {
+    let f = HfFields::new(json)?;
+    if let Some(n) = f.int("num_labels")? {
+        return Ok(n);
+    }
+    match f.get("id2label") {
+        Some(v) => v.as_object().map(|m| m.len() as i64).ok_or_else(|| Error::config("id2label", "expected an object")),
+        None => Ok(2),
+    }
+}
+
+/// Builds the model a checkpoint directory describes on `device` and loads its weights
+/// (strictly; see [`load_weights`]). Variables are fp32 whatever the stored dtype.
+pub fn load_model_dir(dir: &Path, device: Device) -> Result<(nn::VarStore, LoadedModel, ModelInfo)> {
+    let json = read_config(dir)?;
+    let architecture = Architecture::from_config(&json)?;
+    let declared = HfFields::new(&json)?.declared_dtype()?.map(|k| kind_name(k).to_owned());
+    let vs = nn::VarStore::new(device);
+    let root = vs.root();
+    let (model, config, num_labels) = match architecture {
+        Architecture::Qwen3ForCausalLM => {
+            let cfg = qwen3::Config::from_hf_json(&json)?;
+            let m = qwen3::Qwen3ForCausalLM::new(&root, &cfg)?;
+            (LoadedModel::Qwen3Lm(m), to_json(&cfg)?, None)
+        }
+        Architecture::Qwen3ForSequenceClassification => {
+            let cfg = qwen3::Config::from_hf_json(&json)?;
+            let pad = cfg.pad_token_id.ok_or_else(|| {
+                Error::config("pad_token_id", "sequence classification needs it to find each row's last token")
+            })?;
+            let n = num_labels_of(&json)?;
+            let m = qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, n, pad)?;
+            (LoadedModel::Qwen3Cls(m), to_json(&cfg)?, Some(n))
+        }
+        Architecture::OptForCausalLM => {
+            let cfg = opt::Config::from_hf_json(&json)?;
+            let m = opt::OptForCausalLM::new(&root, &cfg)?;
+            (LoadedModel::OptLm(m), to_json(&cfg)?, None)
+        }
+    };
+    let report = load_weights(&vs, dir)?;
+    let parameter_count = model.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum();
+    let info = ModelInfo {
+        architecture,
+        config,
+        num_labels,
+        parameter_count,
+        stored_dtype: report.stored_dtypes.iter().cloned().collect::<Vec<_>>().join(","),
+        declared_dtype: declared,
+        variable_dtype: kind_name(vs.kind()).to_owned(),
+    };
+    Ok((vs, model, info))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::Unsupported(format!("config does not serialize: {e}")))
+}
+
+/// Relaxations of [`load_weights`]'s strictness, by exact tensor name.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Model variables that may be absent from the checkpoint; they keep their initial
+    /// values (e.g. `score.weight` when starting a classifier from a causal-LM checkpoint).
+    pub allow_missing: Vec<String>,
+    /// Checkpoint tensors to skip (e.g. `lm_head.weight` in that same case).
+    pub ignore_unexpected: Vec<String>,
+}
+
+/// What [`load_weights`] did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Variables filled from the checkpoint.
+    pub loaded: usize,
+    /// dtypes of the stored tensors (`"float32"`, `"bfloat16"`, ...).
+    pub stored_dtypes: BTreeSet<String>,
+    /// Variables left at their initial values (listed in `allow_missing`).
+    pub kept_initial: Vec<String>,
+    /// Checkpoint tensors skipped (listed in `ignore_unexpected`, or a tied duplicate).
+    pub skipped: Vec<String>,
+}
+
+/// Strictly loads the weights of `dir` into `vs` (see [`load_weights_with`]).
+pub fn load_weights(vs: &nn::VarStore, dir: &Path) -> Result<LoadReport> {
+    load_weights_with(vs, dir, &LoadOptions::default())
+}
+
+/// Names of the embedding a tied `lm_head.weight` duplicates.
+const TIED_EMBEDDINGS: [&str; 2] = ["model.embed_tokens.weight", "model.decoder.embed_tokens.weight"];
+const LM_HEAD: &str = "lm_head.weight";
+
+/// Loads the weights of a checkpoint directory into the variables of `vs`, converting
+/// dtype and moving to the variables' device.
+///
+/// Errors (naming the tensor): a variable with no checkpoint tensor, a checkpoint tensor
+/// with no variable, a shape mismatch, a non-float dtype, a tensor in two shards, an
+/// index entry whose shard lacks it. Accepted quietly as HF does: a checkpoint saved from
+/// the bare backbone (keys without the `model.` prefix), and `lm_head.weight` in a
+/// checkpoint of a tied model when it equals the embedding (or stands in for a missing
+/// embedding).
+pub fn load_weights_with(vs: &nn::VarStore, dir: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    let shards = weight_files(dir)?;
+    let mut vars = vs.variables();
+    let var_names: HashSet<String> = vars.keys().cloned().collect();
+    let err = |path: &Path, message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+
+    // Pass 1: headers only, to decide the key mapping before touching any variable.
+    let mut stored_names: Vec<String> = Vec::new();
+    for (file, expected) in &shards {
+        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(file, format!("not a safetensors file: {e}")))?;
+        let names: BTreeSet<String> = st.names().into_iter().map(str::to_owned).collect();
+        if let Some(expected) = expected {
+            if let Some(missing) = expected.iter().find(|n| !names.contains(*n)) {
+                return Err(err(file, format!("the index maps `{missing}` to this shard, which lacks it")));
+            }
+        }
+        stored_names.extend(names);
+    }
+    // A backbone-only checkpoint (HF `Qwen3Model`/`OPTModel`) has no `model.` prefix.
+    let add_prefix = !stored_names.iter().any(|n| n.starts_with("model.")) && var_names.iter().any(|n| n.starts_with("model."));
+    let map_name = |n: &str| if add_prefix && n != LM_HEAD && !var_names.contains(n) { format!("model.{n}") } else { n.to_owned() };
+
+    let mut report = LoadReport::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut unexpected: Vec<String> = Vec::new();
+    let mut tied_head: Option<(PathBuf, Tensor)> = None;
+    for (file, _) in &shards {
+        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(file, format!("not a safetensors file: {e}")))?;
+        for (stored, view) in st.iter() {
+            let name = map_name(stored);
+            if !seen.insert(name.clone()) {
+                return Err(err(file, format!("tensor `{stored}` is stored twice")));
+            }
+            let tensor = view_to_tensor(&view).map_err(|m| err(file, format!("tensor `{stored}`: {m}")))?;
+            report.stored_dtypes.insert(kind_name(tensor.kind()).to_owned());
+            if opts.ignore_unexpected.iter().any(|n| n == stored || *n == name) {
+                report.skipped.push(stored.to_owned());
+                continue;
+            }
+            match vars.get_mut(&name) {
+                Some(var) => {
+                    copy_into(var, &tensor).map_err(|m| err(file, format!("tensor `{stored}`: {m}")))?;
+                    report.loaded += 1;
+                }
+                None if name == LM_HEAD => tied_head = Some((file.clone(), tensor)),
+                None => unexpected.push(stored.to_owned()),
+            }
+        }
+    }
+
+    // A stored lm_head.weight without an lm_head variable: the model is tied. Accept it
+    // if it equals the embedding, or use it as the embedding if that is absent.
+    if let Some((file, head)) = tied_head {
+        let embed = TIED_EMBEDDINGS.iter().find(|n| var_names.contains(**n));
+        match embed {
+            Some(embed) if !seen.contains(*embed) => {
+                if let Some(var) = vars.get_mut(*embed) {
+                    copy_into(var, &head).map_err(|m| err(&file, format!("tensor `{LM_HEAD}` (tied): {m}")))?;
+                    seen.insert((*embed).to_owned());
+                    report.loaded += 1;
+                    report.skipped.push(format!("{LM_HEAD} (loaded as tied {embed})"));
+                }
+            }
+            Some(embed) => {
+                let same = vars.get(*embed).map(|v| equal_after_cast(v, &head)).transpose()?.unwrap_or(false);
+                if same {
+                    report.skipped.push(format!("{LM_HEAD} (tied duplicate of {embed})"));
+                } else {
+                    unexpected.push(format!("{LM_HEAD} (differs from the tied {embed}; the config says tie_word_embeddings)"));
+                }
+            }
+            None => unexpected.push(LM_HEAD.to_owned()),
+        }
+    }
+
+    let mut missing: Vec<String> = Vec::new();
+    let mut names: Vec<&String> = var_names.iter().collect();
+    names.sort();
+    for name in names {
+        if seen.contains(name) {
+            continue;
+        }
+        if opts.allow_missing.iter().any(|n| n == name) {
+            report.kept_initial.push(name.clone());
+        } else {
+            missing.push(name.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(err(dir, format!("{} model tensor(s) missing from the checkpoint: {}", missing.len(), preview(&missing))));
+    }
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        return Err(err(dir, format!("{} unexpected checkpoint tensor(s): {}", unexpected.len(), preview(&unexpected))));
+    }
+    Ok(report)
+}
+
+fn preview(names: &[String]) -> String {
+    let mut s = names.iter().take(8).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > 8 {
+        s.push_str(&format!(", … ({} more)", names.len() - 8));
+    }
+    s
+}
+
+/// The weight files of a directory, each with the tensor names the index assigns to it
+/// (`None` for the single-file layout).
+fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![(single, None)]);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if !index.is_file() {
+        let hint = if dir.join("pytorch_model.bin").exists() { " (pytorch_model.bin is not supported; convert to safetensors)" } else { "" };
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}"),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint { path: index.clone(), message: format!("not valid JSON: {e}") })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Checkpoint { path: index.clone(), message: "no `weight_map` object".into() })?;
+    let mut by_file: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| Error::Checkpoint {
+            path: index.clone(),
+            message: format!("weight_map entry for `{tensor}` is not a file name"),
+        })?;
+        // Shards must sit in the directory itself.
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(Error::Checkpoint { path: index.clone(), message: format!("shard name `{file}` is not a plain file name") });
+        }
+        by_file.entry(file.to_owned()).or_default().insert(tensor.clone());
+    }
+    if by_file.is_empty() {
+        return Err(Error::Checkpoint { path: index, message: "weight_map is empty".into() });
+    }
+    Ok(by_file.into_iter().map(|(file, names)| (dir.join(file), Some(names))).collect())
+}
+
+/// A safetensors view as a CPU tensor of its stored kind (float kinds only).
+fn view_to_tensor(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Tensor, String> {
+    let kind = match view.dtype() {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        other => return Err(format!("unsupported stored dtype {other:?} (expected F32, F16, BF16 or F64)")),
+    };
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| e.to_string())
+}
+
+/// Copies `src` into `var` after an exact shape check (`copy_` would broadcast).
+fn copy_into(var: &mut Tensor, src: &Tensor) -> std::result::Result<(), String> {
+    if var.size() != src.size() {
+        return Err(format!("checkpoint shape {:?} but the model expects {:?}", src.size(), var.size()));
+    }
+    tch::no_grad(|| var.f_copy_(src)).map_err(|e| e.to_string())
+}
+
+fn equal_after_cast(var: &Tensor, stored: &Tensor) -> Result<bool> {
+    if var.size() != stored.size() {
+        return Ok(false);
+    }
+    let stored = stored.f_to_device(var.device())?.f_to_kind(var.kind())?;
+    Ok(tch::no_grad(|| var.f_equal(&stored))?)
+}
+
+/// A tensor presented to the safetensors writer; bytes are copied out one tensor at a
+/// time, so saving never holds a second copy of the whole model.
+struct SaveView<'a> {
+    tensor: &'a Tensor,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    failure: &'a RefCell<Option<String>>,
+}
+
+impl View for SaveView<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let mut buf = vec![0u8; self.data_len()];
+        if let Err(e) = self.tensor.f_copy_data_u8(&mut buf, self.tensor.numel()) {
+            // View::data cannot fail; remember the error and fail the save afterwards.
+            *self.failure.borrow_mut() = Some(e.to_string());
+        }
+        buf.into()
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+/// Writes `dir/config.json` and `dir/model.safetensors` (HF names, metadata
+/// `format = pt`, tied weights once as transformers saves them, dtype = the variables'
+/// kind, written as both `dtype` and `torch_dtype`) so that transformers 4.x and 5.x load
+/// the directory and compute the same logits. Copies known tokenizer files from
+/// `tokenizer_dir` when given. Files are written to a temporary name and renamed, so an
+/// interrupted save never leaves a truncated checkpoint under the final name.
+pub fn save_model_dir(dir: &Path, model: &dyn HfCheckpoint, tokenizer_dir: Option<&Path>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if dir.join(WEIGHTS_INDEX_FILE).exists() {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("holds a sharded checkpoint ({WEIGHTS_INDEX_FILE}); refusing to mix layouts"),
+        });
+    }
+    let params = model.named_parameters();
+    let kinds: BTreeSet<&'static str> = params.iter().map(|(_, t)| kind_name(t.kind())).collect();
+    let dtype = match kinds.iter().collect::<Vec<_>>().as_slice() {
+        [one] if kind_from_name(one).is_some() => (*one).to_owned(),
+        _ => return Err(Error::Unsupported(format!("cannot save parameters of kinds {kinds:?}; expected one float kind"))),
+    };
+
+    // 1. config.json
+    let mut config = model.hf_config();
+    if let Some(map) = config.as_object_mut() {
+        map.insert("architectures".into(), serde_json::json!([model.architecture().as_str()]));
+        map.insert("dtype".into(), serde_json::json!(dtype));
+        map.insert("torch_dtype".into(), serde_json::json!(dtype));
+    }
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Unsupported(format!("config does not serialize: {e}")))?;
+    write_atomically(&dir.join(CONFIG_FILE), |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e)))?;
+
+    // 2. model.safetensors
+    let contiguous: Vec<(String, Tensor)> =
+        params.into_iter().map(|(n, t)| Ok((n, t.f_detach()?.f_contiguous()?))).collect::<Result<_>>()?;
+    let failure = RefCell::new(None);
+    let views = contiguous
+        .iter()
+        .map(|(n, t)| {
+            let dtype = match t.kind() {
+                Kind::Float => Dtype::F32,
+                Kind::Half => Dtype::F16,
+                Kind::BFloat16 => Dtype::BF16,
+                Kind::Double => Dtype::F64,
+                k => return Err(Error::Unsupported(format!("tensor `{n}` has kind {k:?}, expected a float kind"))),
+            };
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            Ok((n.clone(), SaveView { tensor: t, dtype, shape, failure: &failure }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    write_atomically(&dir.join(WEIGHTS_FILE), |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp)
+            .map_err(|e| Error::Checkpoint { path: tmp.to_path_buf(), message: e.to_string() })?;
+        match failure.borrow_mut().take() {
+            Some(message) => Err(Error::Checkpoint { path: tmp.to_path_buf(), message }),
+            None => Ok(()),
+        }
+    })?;
+
+    // 3. tokenizer files
+    if let Some(tok) = tokenizer_dir {
+        let mut copied = 0;
+        for name in TOKENIZER_FILES {
+            let src = tok.join(name);
+            if src.is_file() {
+                let dst = dir.join(name);
+                std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+                copied += 1;
+            }
+        }
+        if copied == 0 {
+            return Err(Error::Tokenizer(format!("{} holds none of the tokenizer files {TOKENIZER_FILES:?}", tok.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `write` on `path.tmp`, then renames it to `path`; removes the temporary on error.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
