@@ -5,7 +5,8 @@ Each fixture is a folder <name>/ with
   model/              an HF checkpoint written by transformers (config.json + weights)
   tokens.json         {"input_ids": [[...]], "attention_mask": [[...]]} with padding
   reference.safetensors  {"logits": fp32} computed by transformers in fp32 on CPU
-  meta.json           transformers/torch versions, what the fixture exercises
+  meta.json           transformers/torch versions, what the fixture exercises, and HF's
+                      named_parameters() order
 
 The Rust tests (agent/src/models/parity_tests.rs) load model/ with `load_model_dir`, run
 tokens.json and compare with reference.safetensors.
@@ -106,6 +107,8 @@ def write_fixture(name, model, ids, mask, note, save_dtype=None, max_shard_size=
         "torch": torch.__version__,
         "architecture": cls.__name__,
         "note": note,
+        # HF named_parameters() order (tied weights once), which the Rust models must reproduce.
+        "named_parameters": [n for n, _ in ref.named_parameters()],
         "command": " ".join(["python"] + sys.argv),
     }
     with open(os.path.join(out, "meta.json"), "w") as f:

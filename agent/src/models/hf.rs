@@ -19,7 +19,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use super::common::{HfFields, kind_from_name, kind_name};
-use super::{opt, qwen3};
+use super::{opt, qwen3, rev_qwen3};
 use crate::{Error, Result};
 
 /// Single-file weights.
@@ -48,7 +48,23 @@ pub enum Architecture {
     Qwen3ForSequenceClassification,
     /// `OPTForCausalLM`.
     OptForCausalLM,
+    /// `RevQwen3ForCausalLM` (qsched only; `model_type = "rev_qwen3"`).
+    RevQwen3ForCausalLM,
+    /// `RevQwen3ForSequenceClassification` (qsched only; `model_type = "rev_qwen3"`).
+    RevQwen3ForSequenceClassification,
 }
+
+const ALL_ARCHITECTURES: [Architecture; 5] = [
+    Architecture::Qwen3ForCausalLM,
+    Architecture::Qwen3ForSequenceClassification,
+    Architecture::OptForCausalLM,
+    Architecture::RevQwen3ForCausalLM,
+    Architecture::RevQwen3ForSequenceClassification,
+];
+
+/// `model_type` of reversible Qwen3 checkpoints: not an HF type, so transformers
+/// refuses them instead of loading them as plain Qwen3.
+pub const REV_QWEN3_MODEL_TYPE: &str = "rev_qwen3";
 
 impl Architecture {
     /// The HF class name.
@@ -57,14 +73,14 @@ impl Architecture {
             Architecture::Qwen3ForCausalLM => "Qwen3ForCausalLM",
             Architecture::Qwen3ForSequenceClassification => "Qwen3ForSequenceClassification",
             Architecture::OptForCausalLM => "OPTForCausalLM",
+            Architecture::RevQwen3ForCausalLM => "RevQwen3ForCausalLM",
+            Architecture::RevQwen3ForSequenceClassification => "RevQwen3ForSequenceClassification",
         }
     }
 
     /// Parses an HF class name.
     pub fn from_hf(name: &str) -> Option<Architecture> {
-        [Architecture::Qwen3ForCausalLM, Architecture::Qwen3ForSequenceClassification, Architecture::OptForCausalLM]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        ALL_ARCHITECTURES.into_iter().find(|a| a.as_str() == name)
     }
 
     /// The architecture named by a `config.json`.
@@ -80,7 +96,10 @@ impl Architecture {
         Architecture::from_hf(name).ok_or_else(|| {
             Error::config(
                 "architectures",
-                format!("unsupported architecture {one} (supported: Qwen3ForCausalLM, Qwen3ForSequenceClassification, OPTForCausalLM)"),
+                format!(
+                    "unsupported architecture {one} (supported: {})",
+                    ALL_ARCHITECTURES.map(Architecture::as_str).join(", ")
+                ),
             )
         })
     }
@@ -108,21 +127,32 @@ impl HfCheckpoint for qwen3::Qwen3ForCausalLM {
     }
 }
 
+/// Adds the classification fields HF writes (`id2label`, `label2id`, `pad_token_id`).
+fn with_labels(mut json: serde_json::Value, num_labels: i64, pad_token_id: i64) -> serde_json::Value {
+    let id2label: BTreeMap<String, String> = (0..num_labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect();
+    let label2id: BTreeMap<String, i64> = (0..num_labels).map(|i| (format!("LABEL_{i}"), i)).collect();
+    if let Some(map) = json.as_object_mut() {
+        map.insert("id2label".into(), serde_json::json!(id2label));
+        map.insert("label2id".into(), serde_json::json!(label2id));
+        map.insert("pad_token_id".into(), serde_json::json!(pad_token_id));
+    }
+    json
+}
+
+/// Marks a Qwen3 config as reversible.
+fn as_rev(mut json: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = json.as_object_mut() {
+        map.insert("model_type".into(), serde_json::json!(REV_QWEN3_MODEL_TYPE));
+    }
+    json
+}
+
 impl HfCheckpoint for qwen3::Qwen3ForSequenceClassification {
     fn architecture(&self) -> Architecture {
         Architecture::Qwen3ForSequenceClassification
     }
     fn hf_config(&self) -> serde_json::Value {
-        let mut json = self.config().to_hf_json();
-        let n = self.num_labels();
-        let id2label: BTreeMap<String, String> = (0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect();
-        let label2id: BTreeMap<String, i64> = (0..n).map(|i| (format!("LABEL_{i}"), i)).collect();
-        if let Some(map) = json.as_object_mut() {
-            map.insert("id2label".into(), serde_json::json!(id2label));
-            map.insert("label2id".into(), serde_json::json!(label2id));
-            map.insert("pad_token_id".into(), serde_json::json!(self.pad_token_id()));
-        }
-        json
+        with_labels(self.config().to_hf_json(), self.num_labels(), self.pad_token_id())
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         qwen3::Qwen3ForSequenceClassification::named_parameters(self)
@@ -141,6 +171,30 @@ impl HfCheckpoint for opt::OptForCausalLM {
     }
 }
 
+impl HfCheckpoint for rev_qwen3::RevQwen3ForCausalLM {
+    fn architecture(&self) -> Architecture {
+        Architecture::RevQwen3ForCausalLM
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        as_rev(self.config().to_hf_json())
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        rev_qwen3::RevQwen3ForCausalLM::named_parameters(self)
+    }
+}
+
+impl HfCheckpoint for rev_qwen3::RevQwen3ForSequenceClassification {
+    fn architecture(&self) -> Architecture {
+        Architecture::RevQwen3ForSequenceClassification
+    }
+    fn hf_config(&self) -> serde_json::Value {
+        as_rev(with_labels(self.config().to_hf_json(), self.num_labels(), self.pad_token_id()))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        rev_qwen3::RevQwen3ForSequenceClassification::named_parameters(self)
+    }
+}
+
 /// A model built from a checkpoint directory.
 #[derive(Debug)]
 pub enum LoadedModel {
@@ -150,6 +204,10 @@ pub enum LoadedModel {
     Qwen3Cls(qwen3::Qwen3ForSequenceClassification),
     /// OPT causal LM.
     OptLm(opt::OptForCausalLM),
+    /// Reversible Qwen3 causal LM.
+    RevQwen3Lm(rev_qwen3::RevQwen3ForCausalLM),
+    /// Reversible Qwen3 sequence classification.
+    RevQwen3Cls(rev_qwen3::RevQwen3ForSequenceClassification),
 }
 
 impl LoadedModel {
@@ -160,6 +218,8 @@ impl LoadedModel {
             LoadedModel::Qwen3Lm(m) => m.forward(input_ids, attention_mask),
             LoadedModel::Qwen3Cls(m) => m.forward(input_ids, attention_mask),
             LoadedModel::OptLm(m) => m.forward(input_ids, attention_mask),
+            LoadedModel::RevQwen3Lm(m) => m.forward(input_ids, attention_mask),
+            LoadedModel::RevQwen3Cls(m) => m.forward(input_ids, attention_mask),
         }
     }
 
@@ -169,6 +229,8 @@ impl LoadedModel {
             LoadedModel::Qwen3Lm(m) => m.config().vocab_size,
             LoadedModel::Qwen3Cls(m) => m.config().vocab_size,
             LoadedModel::OptLm(m) => m.config().vocab_size,
+            LoadedModel::RevQwen3Lm(m) => m.config().vocab_size,
+            LoadedModel::RevQwen3Cls(m) => m.config().vocab_size,
         }
     }
 
@@ -177,6 +239,8 @@ impl LoadedModel {
             LoadedModel::Qwen3Lm(m) => m,
             LoadedModel::Qwen3Cls(m) => m,
             LoadedModel::OptLm(m) => m,
+            LoadedModel::RevQwen3Lm(m) => m,
+            LoadedModel::RevQwen3Cls(m) => m,
         }
     }
 }
@@ -249,12 +313,20 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(nn::VarStore, Loade
         }
         Architecture::Qwen3ForSequenceClassification => {
             let cfg = qwen3::Config::from_hf_json(&json)?;
-            let pad = cfg.pad_token_id.ok_or_else(|| {
-                Error::config("pad_token_id", "sequence classification needs it to find each row's last token")
-            })?;
-            let n = num_labels_of(&json)?;
+            let (n, pad) = (num_labels_of(&json)?, classification_pad(&cfg)?);
             let m = qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, n, pad)?;
             (LoadedModel::Qwen3Cls(m), to_json(&cfg)?, Some(n))
+        }
+        Architecture::RevQwen3ForCausalLM => {
+            let cfg = qwen3::Config::from_hf_json_as(&json, REV_QWEN3_MODEL_TYPE)?;
+            let m = rev_qwen3::RevQwen3ForCausalLM::new(&root, &cfg)?;
+            (LoadedModel::RevQwen3Lm(m), to_json(&cfg)?, None)
+        }
+        Architecture::RevQwen3ForSequenceClassification => {
+            let cfg = qwen3::Config::from_hf_json_as(&json, REV_QWEN3_MODEL_TYPE)?;
+            let (n, pad) = (num_labels_of(&json)?, classification_pad(&cfg)?);
+            let m = rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, n, pad)?;
+            (LoadedModel::RevQwen3Cls(m), to_json(&cfg)?, Some(n))
         }
         Architecture::OptForCausalLM => {
             let cfg = opt::Config::from_hf_json(&json)?;
@@ -274,6 +346,11 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(nn::VarStore, Loade
         variable_dtype: kind_name(vs.kind()).to_owned(),
     };
     Ok((vs, model, info))
+}
+
+fn classification_pad(cfg: &qwen3::Config) -> Result<i64> {
+    cfg.pad_token_id
+        .ok_or_else(|| Error::config("pad_token_id", "sequence classification needs it to find each row's last token"))
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value> {
@@ -614,4 +691,304 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect;
+    use crate::models::parity_tests::{TOL, fixture_dir, max_diff};
+    use crate::models::test_util::{randomize, rng_guard, rows, tiny_opt, tiny_qwen3};
+
+    /// Right-, un- and left-padded rows (Qwen3) / left-padded and full rows (OPT).
+    fn qwen3_batch() -> (Tensor, Tensor) {
+        (
+            rows(&[&[5, 9, 13, 2, 40, 0, 0], &[3, 8, 60, 11, 7, 1, 9], &[0, 0, 0, 17, 4, 33, 51]]),
+            rows(&[&[1, 1, 1, 1, 1, 0, 0], &[1, 1, 1, 1, 1, 1, 1], &[0, 0, 0, 1, 1, 1, 1]]),
+        )
+    }
+
+    fn opt_batch() -> (Tensor, Tensor) {
+        (rows(&[&[1, 1, 2, 9, 13, 20], &[2, 8, 60, 11, 7, 9]]), rows(&[&[0, 0, 1, 1, 1, 1], &[1, 1, 1, 1, 1, 1]]))
+    }
+
+    fn write_tokens(path: &Path, ids: &Tensor, mask: &Tensor) {
+        let ids: Vec<Vec<i64>> = Vec::try_from(ids).unwrap();
+        let mask: Vec<Vec<i64>> = Vec::try_from(mask).unwrap();
+        std::fs::write(path, serde_json::json!({"input_ids": ids, "attention_mask": mask}).to_string()).unwrap();
+    }
+
+    /// Saves `model`, reloads it, checks logits are identical, and runs `inspect` on the
+    /// saved directory (its output becomes `qsched_logits.json` for check_saved.py).
+    fn round_trip(dir: &Path, model: &dyn HfCheckpoint, logits: Tensor, ids: &Tensor, mask: &Tensor) {
+        save_model_dir(dir, model, None).unwrap();
+        let (_vs, loaded, info) = load_model_dir(dir, Device::Cpu).unwrap();
+        assert_eq!(info.architecture, model.architecture());
+        assert_eq!(info.stored_dtype, "float32");
+        let again = tch::no_grad(|| loaded.logits(ids, mask)).unwrap();
+        assert!(again.equal(&logits), "{}: reloaded logits differ", dir.display());
+        // Same names and values, in the same order.
+        let (a, b) = (model.named_parameters(), loaded.named_parameters());
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
+
+        write_tokens(&dir.join("tokens.json"), ids, mask);
+        let mut out = Vec::new();
+        inspect::run(dir, Some(&dir.join("tokens.json")), Device::Cpu, &mut out).unwrap();
+        std::fs::write(dir.join("qsched_logits.json"), &out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let printed: Vec<f32> = json["logits"].to_string().replace(['[', ']'], " ").split(',').map(|s| s.trim().parse().unwrap()).collect();
+        let printed = Tensor::from_slice(&printed).view(logits.size().as_slice());
+        assert!(printed.equal(&logits.to_kind(Kind::Float)), "inspect printed different logits");
+    }
+
+    /// Set QSCHED_SAVE_CHECK_DIR=/some/dir to keep the checkpoints for
+    /// `ops/parity/check_saved.py DIR/<name> DIR/<name>/tokens.json`.
+    #[test]
+    fn saved_checkpoints_reload_with_identical_logits() {
+        let _rng = rng_guard();
+        let tmp = tempfile::tempdir().unwrap();
+        let keep = std::env::var_os("QSCHED_SAVE_CHECK_DIR").map(PathBuf::from);
+        let root = keep.unwrap_or_else(|| tmp.path().to_path_buf());
+        let (qi, qm) = qwen3_batch();
+        let (oi, om) = opt_batch();
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = qwen3::Qwen3ForCausalLM::new(&vs.root(), &tiny_qwen3(true)).unwrap();
+        randomize(&m.named_parameters(), 21);
+        round_trip(&root.join("qwen3_lm_tied"), &m, m.forward(&qi, &qm).unwrap(), &qi, &qm);
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = qwen3::Qwen3ForSequenceClassification::new(&vs.root(), &tiny_qwen3(false), 3, 0).unwrap();
+        randomize(&m.named_parameters(), 22);
+        round_trip(&root.join("qwen3_cls"), &m, m.forward(&qi, &qm).unwrap(), &qi, &qm);
+
+        for (name, pre_ln) in [("opt_preln", true), ("opt_postln_proj", false)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = opt::OptForCausalLM::new(&vs.root(), &tiny_opt(pre_ln)).unwrap();
+            randomize(&m.named_parameters(), 23);
+            round_trip(&root.join(name), &m, m.forward(&oi, &om).unwrap(), &oi, &om);
+        }
+
+        // Reversible models are qsched-only: they round-trip here but are not for transformers.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = rev_qwen3::RevQwen3ForSequenceClassification::new(&vs.root(), &tiny_qwen3(true), 2, 0).unwrap();
+        randomize(&m.named_parameters(), 24);
+        let dir = tmp.path().join("rev_cls");
+        round_trip(&dir, &m, m.forward(&qi, &qm).unwrap(), &qi, &qm);
+        assert_eq!(read_config(&dir).unwrap()["model_type"], REV_QWEN3_MODEL_TYPE);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = rev_qwen3::RevQwen3ForCausalLM::new(&vs.root(), &tiny_qwen3(false)).unwrap();
+        randomize(&m.named_parameters(), 25);
+        round_trip(&tmp.path().join("rev_lm"), &m, m.forward(&qi, &qm).unwrap(), &qi, &qm);
+    }
+
+    /// A saved tiny tied Qwen3 LM in a fresh directory.
+    fn saved_qwen3(tied: bool) -> (tempfile::TempDir, nn::VarStore, qwen3::Qwen3ForCausalLM) {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = qwen3::Qwen3ForCausalLM::new(&vs.root(), &tiny_qwen3(tied)).unwrap();
+        randomize(&m.named_parameters(), 26);
+        save_model_dir(dir.path(), &m, None).unwrap();
+        (dir, vs, m)
+    }
+
+    /// Rewrites `dir/model.safetensors` through `edit`.
+    fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+        let path = dir.join(WEIGHTS_FILE);
+        let mut tensors = Tensor::read_safetensors(&path).unwrap();
+        edit(&mut tensors);
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match load_model_dir(dir, Device::Cpu) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loading_is_strict_and_names_the_tensor() {
+        let _rng = rng_guard();
+        let (dir, _vs, _m) = saved_qwen3(false);
+        let p = dir.path();
+        let original = std::fs::read(p.join(WEIGHTS_FILE)).unwrap();
+        let restore = || std::fs::write(p.join(WEIGHTS_FILE), &original).unwrap();
+
+        edit_weights(p, |t| t.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight"));
+        let e = load_err(p);
+        assert!(e.contains("missing") && e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+        restore();
+
+        edit_weights(p, |t| t.push(("model.layers.9.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))));
+        let e = load_err(p);
+        assert!(e.contains("unexpected") && e.contains("model.layers.9.extra.weight"), "{e}");
+        restore();
+
+        edit_weights(p, |t| {
+            let i = t.iter().position(|(n, _)| n == "model.norm.weight").unwrap();
+            t[i].1 = Tensor::ones([1, 32], (Kind::Float, Device::Cpu));
+        });
+        let e = load_err(p);
+        assert!(e.contains("model.norm.weight") && e.contains("[1, 32]") && e.contains("[32]"), "{e}");
+        restore();
+
+        edit_weights(p, |t| {
+            let i = t.iter().position(|(n, _)| n == "model.norm.weight").unwrap();
+            t[i].1 = Tensor::ones([32], (Kind::Int64, Device::Cpu));
+        });
+        let e = load_err(p);
+        assert!(e.contains("model.norm.weight") && e.contains("dtype"), "{e}");
+        restore();
+        load_model_dir(p, Device::Cpu).unwrap();
+    }
+
+    #[test]
+    fn tied_lm_head_duplicates_are_accepted_only_when_equal() {
+        let _rng = rng_guard();
+        let (dir, _vs, m) = saved_qwen3(true);
+        let p = dir.path();
+        let ids = rows(&[&[1, 2, 3, 4]]);
+        let mask = rows(&[&[1, 1, 1, 1]]);
+        let expected = m.forward(&ids, &mask).unwrap();
+        // Saved the transformers way: no lm_head.weight.
+        assert!(Tensor::read_safetensors(p.join(WEIGHTS_FILE)).unwrap().iter().all(|(n, _)| n != LM_HEAD));
+
+        // A checkpoint that stores the tied head too (equal): accepted.
+        edit_weights(p, |t| {
+            let e = t.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1.copy();
+            t.push((LM_HEAD.into(), e));
+        });
+        let (_v, loaded, _) = load_model_dir(p, Device::Cpu).unwrap();
+        assert!(loaded.logits(&ids, &mask).unwrap().equal(&expected));
+        // Only the head stored (no embedding): it stands in for the embedding.
+        edit_weights(p, |t| t.retain(|(n, _)| n != "model.embed_tokens.weight"));
+        let (_v, loaded, _) = load_model_dir(p, Device::Cpu).unwrap();
+        assert!(loaded.logits(&ids, &mask).unwrap().equal(&expected));
+        // Both stored but different: the config's tie is wrong for these weights.
+        edit_weights(p, |t| {
+            let h = t.iter().find(|(n, _)| n == LM_HEAD).unwrap().1.copy();
+            t.push(("model.embed_tokens.weight".into(), &h * 2.0));
+        });
+        let e = load_err(p);
+        assert!(e.contains(LM_HEAD) && e.contains("tie_word_embeddings"), "{e}");
+    }
+
+    #[test]
+    fn backbone_only_checkpoints_load_without_the_model_prefix() {
+        let _rng = rng_guard();
+        let (dir, _vs, m) = saved_qwen3(true);
+        edit_weights(dir.path(), |t| {
+            for (n, _) in t.iter_mut() {
+                *n = n.trim_start_matches("model.").to_owned();
+            }
+        });
+        let ids = rows(&[&[1, 2, 3, 4]]);
+        let mask = rows(&[&[1, 1, 1, 1]]);
+        let (_v, loaded, _) = load_model_dir(dir.path(), Device::Cpu).unwrap();
+        assert!(loaded.logits(&ids, &mask).unwrap().equal(&m.forward(&ids, &mask).unwrap()));
+    }
+
+    #[test]
+    fn pretrained_start_of_a_classifier_from_a_causal_lm_checkpoint() {
+        let _rng = rng_guard();
+        let (dir, _vs, lm) = saved_qwen3(false);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cls = qwen3::Qwen3ForSequenceClassification::new(&vs.root(), &tiny_qwen3(false), 2, 0).unwrap();
+        let e = load_weights(&vs, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("score.weight"), "{e}");
+        let opts = LoadOptions { allow_missing: vec!["score.weight".into()], ignore_unexpected: vec![LM_HEAD.into()] };
+        let report = load_weights_with(&vs, dir.path(), &opts).unwrap();
+        assert_eq!(report.kept_initial, ["score.weight"]);
+        assert_eq!(report.skipped, [LM_HEAD]);
+        let lm_params = lm.named_parameters();
+        for (n, t) in cls.named_parameters().iter().filter(|(n, _)| n.starts_with("model.")) {
+            let src = &lm_params.iter().find(|(m, _)| m == n).unwrap().1;
+            assert!(t.equal(src), "{n} not loaded");
+        }
+    }
+
+    #[test]
+    fn directory_problems_are_clear_errors() {
+        let _rng = rng_guard();
+        let (dir, _vs, m) = saved_qwen3(true);
+        let p = dir.path();
+        // Unknown architecture.
+        let mut cfg = read_config(p).unwrap();
+        cfg["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        std::fs::write(p.join(CONFIG_FILE), cfg.to_string()).unwrap();
+        let e = load_err(p);
+        assert!(e.contains("architectures") && e.contains("LlamaForCausalLM"), "{e}");
+        cfg.as_object_mut().unwrap().remove("architectures");
+        std::fs::write(p.join(CONFIG_FILE), cfg.to_string()).unwrap();
+        assert!(load_err(p).contains("architectures"));
+        // No weights, only a pickle.
+        std::fs::remove_file(p.join(WEIGHTS_FILE)).unwrap();
+        std::fs::write(p.join("pytorch_model.bin"), b"x").unwrap();
+        cfg["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+        std::fs::write(p.join(CONFIG_FILE), cfg.to_string()).unwrap();
+        let e = load_err(p);
+        assert!(e.contains(WEIGHTS_FILE) && e.contains("pytorch_model.bin"), "{e}");
+        // Saving over a sharded checkpoint is refused rather than leaving two layouts.
+        std::fs::write(p.join(WEIGHTS_INDEX_FILE), "{}").unwrap();
+        assert!(save_model_dir(p, &m, None).is_err());
+        // A missing config.
+        assert!(matches!(load_model_dir(&p.join("nope"), Device::Cpu), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn sharded_index_must_agree_with_the_shards() {
+        let _rng = rng_guard();
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture_dir("qwen3_cls_sharded").join("model");
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        load_model_dir(dir.path(), Device::Cpu).unwrap();
+        let index_path = dir.path().join(WEIGHTS_INDEX_FILE);
+        let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+        let map = index["weight_map"].as_object_mut().unwrap();
+        let (name, file) = map.iter().next().map(|(n, f)| (n.clone(), f.as_str().unwrap().to_owned())).unwrap();
+        let other = map.values().find(|f| f.as_str() != Some(file.as_str())).unwrap().clone();
+        map.insert(name.clone(), other);
+        std::fs::write(&index_path, index.to_string()).unwrap();
+        let e = load_err(dir.path());
+        assert!(e.contains(&name) && e.contains("lacks"), "{e}");
+    }
+
+    #[test]
+    fn inspect_prints_a_summary_and_reference_logits() {
+        let _rng = rng_guard();
+        let dir = fixture_dir("qwen3_lm_tied_bf16");
+        let mut out = Vec::new();
+        inspect::run(&dir.join("model"), None, Device::Cpu, &mut out).unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(summary["architecture"], "Qwen3ForCausalLM");
+        assert_eq!(summary["stored_dtype"], "bfloat16");
+        assert_eq!(summary["declared_dtype"], "bfloat16");
+        assert_eq!(summary["config"]["num_hidden_layers"], 3);
+        // 128·32 embedding (tied) + 3 layers + final norm.
+        let layer = 32 * 32 + 2 * 32 * 8 + 32 * 32 + 2 * 8 + 3 * 32 * 48 + 2 * 32;
+        assert_eq!(summary["parameter_count"], 128 * 32 + 3 * layer + 32);
+
+        let mut out = Vec::new();
+        inspect::run(&dir.join("model"), Some(&dir.join("tokens.json")), Device::Cpu, &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let logits: Vec<Vec<Vec<f32>>> = serde_json::from_value(json["logits"].clone()).unwrap();
+        let flat: Vec<f32> = logits.iter().flatten().flatten().copied().collect();
+        let logits = Tensor::from_slice(&flat).view([logits.len() as i64, logits[0].len() as i64, -1]);
+        let batch = inspect::TokenBatch::read(&dir.join("tokens.json"), 128).unwrap();
+        let (_, mask) = batch.to_tensors(Device::Cpu).unwrap();
+        let reference = crate::models::parity_tests::read_reference(&dir.join("reference.safetensors"));
+        assert!(max_diff(&logits, &reference, &mask) <= TOL);
+
+        // Out-of-vocabulary ids are refused, not clamped.
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("bad.json");
+        std::fs::write(&bad, r#"{"input_ids": [[1, 2, 128]]}"#).unwrap();
+        let e = inspect::run(&dir.join("model"), Some(&bad), Device::Cpu, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("128") && e.to_string().contains("vocabulary"), "{e}");
+    }
 }

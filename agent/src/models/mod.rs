@@ -6,12 +6,16 @@
 //! without renaming. `common` holds the pieces they share (linear layer, input checks,
 //! attention mask). Model code never picks a device: it reads `p.device()`.
 
+pub mod audit;
 pub(crate) mod common;
 pub mod hf;
 pub mod opt;
 pub mod qwen3;
+pub mod rev_qwen3;
 
 pub use common::{TokenIds, kind_name};
 
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod test_util;

@@ -434,3 +434,204 @@ impl OptForCausalLM {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::test_util::{config_field, max_abs, ones_like, randomize, rng_guard, rows, tiny_opt};
+    use serde_json::json;
+    use tch::Device;
+
+    /// facebook/opt-125m's config.json as released (transformers 4.21: torch_dtype, no
+    /// enable_bias / layer_norm_elementwise_affine / tie_word_embeddings).
+    fn opt_125m() -> serde_json::Value {
+        json!({
+            "_name_or_path": "facebook/opt-125m", "activation_dropout": 0.0, "activation_function": "relu",
+            "architectures": ["OPTForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 2,
+            "do_layer_norm_before": true, "dropout": 0.1, "eos_token_id": 2, "ffn_dim": 3072, "hidden_size": 768,
+            "init_std": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048, "model_type": "opt",
+            "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 1, "prefix": "</s>",
+            "torch_dtype": "float16", "transformers_version": "4.21.0.dev0", "use_cache": true,
+            "vocab_size": 50272, "word_embed_proj_dim": 768
+        })
+    }
+
+    fn with(mut v: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        v.as_object_mut().unwrap().insert(key.into(), value);
+        v
+    }
+
+    fn without(mut v: serde_json::Value, key: &str) -> serde_json::Value {
+        v.as_object_mut().unwrap().remove(key);
+        v
+    }
+
+    #[test]
+    fn config_reads_released_and_5x_configs() {
+        let c = Config::from_hf_json(&opt_125m()).unwrap();
+        assert_eq!(c, Config::from_arch(&shared::scale::OptArch {
+            vocab_size: 50272, hidden_size: 768, ffn_dim: 3072, num_hidden_layers: 12, num_attention_heads: 12,
+            max_position_embeddings: 2048, word_embed_proj_dim: 768, do_layer_norm_before: true, init_std: 0.02,
+        }));
+        // opt-350m: post-LN with the 512 ↔ 1024 projections.
+        let c350 = Config::from_hf_json(&with(with(opt_125m(), "do_layer_norm_before", json!(false)), "word_embed_proj_dim", json!(512))).unwrap();
+        assert!(!c350.do_layer_norm_before);
+        // 5.x style: dtype, every field written; null word_embed_proj_dim = hidden_size;
+        // explicit null pad id stays none (absent means the OPTConfig default, 1).
+        let v5 = with(with(without(opt_125m(), "torch_dtype"), "dtype", json!("float32")), "enable_bias", json!(true));
+        let v5 = with(with(v5, "word_embed_proj_dim", serde_json::Value::Null), "pad_token_id", serde_json::Value::Null);
+        let c5 = Config::from_hf_json(&v5).unwrap();
+        assert_eq!((c5.word_embed_proj_dim, c5.pad_token_id), (768, None));
+        assert_eq!(Config::from_hf_json(&without(opt_125m(), "pad_token_id")).unwrap().pad_token_id, Some(1));
+        assert_eq!(Config::from_hf_json(&c.to_hf_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn config_refuses_unsupported_values_naming_the_field() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (with(opt_125m(), "activation_function", json!("gelu")), "activation_function"),
+            (with(opt_125m(), "enable_bias", json!(false)), "enable_bias"),
+            (with(opt_125m(), "layer_norm_elementwise_affine", json!(false)), "layer_norm_elementwise_affine"),
+            (with(opt_125m(), "_remove_final_layer_norm", json!(true)), "_remove_final_layer_norm"),
+            (with(opt_125m(), "do_layer_norm_before", json!(false)), "do_layer_norm_before"),
+            (with(opt_125m(), "layerdrop", json!(0.1)), "layerdrop"),
+            (with(opt_125m(), "tie_word_embeddings", json!(false)), "tie_word_embeddings"),
+            (with(opt_125m(), "model_type", json!("gpt2")), "model_type"),
+            (with(opt_125m(), "torch_dtype", json!("int4")), "torch_dtype"),
+            (with(opt_125m(), "num_attention_heads", json!(7)), "num_attention_heads"),
+            (with(opt_125m(), "dropout", json!(1.5)), "dropout"),
+            (without(opt_125m(), "ffn_dim"), "ffn_dim"),
+            (without(opt_125m(), "max_position_embeddings"), "max_position_embeddings"),
+        ];
+        for (json, field) in cases {
+            let e = Config::from_hf_json(&json).expect_err(field);
+            assert_eq!(config_field(e), field);
+        }
+    }
+
+    #[test]
+    fn presets_build_with_the_preset_parameter_count() {
+        let _rng = rng_guard();
+        for name in ["tiny", "small"] {
+            let preset = shared::scale::preset(name).unwrap();
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = OptForCausalLM::new(&vs.root(), &Config::from_arch(&preset.opt)).unwrap();
+            let n: u64 = m.named_parameters().iter().map(|(_, t)| t.numel() as u64).sum();
+            assert_eq!(n, preset.opt.parameters(), "{name}");
+        }
+    }
+
+    #[test]
+    fn named_parameters_follow_hf_registration_order() {
+        let _rng = rng_guard();
+        for pre_ln in [true, false] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = OptForCausalLM::new(&vs.root(), &tiny_opt(pre_ln)).unwrap();
+            let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n.trim_start_matches("model.decoder.").to_owned()).collect();
+            let head: Vec<&str> = names.iter().take(if pre_ln { 4 } else { 4 }).map(String::as_str).collect();
+            if pre_ln {
+                assert_eq!(head, ["embed_tokens.weight", "embed_positions.weight", "final_layer_norm.weight", "final_layer_norm.bias"]);
+            } else {
+                assert_eq!(head, ["embed_tokens.weight", "embed_positions.weight", "project_out.weight", "project_in.weight"]);
+            }
+            let layer: Vec<&str> = names.iter().skip(4).take(16).map(|n| n.trim_start_matches("layers.0.")).collect();
+            assert_eq!(
+                layer,
+                [
+                    "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
+                    "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias",
+                    "self_attn_layer_norm.weight", "self_attn_layer_norm.bias", "fc1.weight", "fc1.bias", "fc2.weight",
+                    "fc2.bias", "final_layer_norm.weight", "final_layer_norm.bias"
+                ]
+            );
+            assert_eq!(names.len(), vs.variables().len());
+        }
+    }
+
+    #[test]
+    fn random_init_is_deterministic_for_a_seed() {
+        let _rng = rng_guard();
+        let build = |seed| {
+            tch::manual_seed(seed);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = OptForCausalLM::new(&vs.root(), &tiny_opt(false)).unwrap();
+            (vs, m.named_parameters())
+        };
+        let ((_a, pa), (_b, pb), (_c, pc)) = (build(1), build(1), build(2));
+        assert!(pa.iter().zip(&pb).all(|((_, a), (_, b))| a.equal(b)));
+        assert!(!pa[0].1.equal(&pc[0].1));
+        // The pad row (id 1) of embed_tokens is zero, as HF's padding_idx init.
+        assert_eq!(pa[0].1.get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    fn random_opt(pre_ln: bool) -> (nn::VarStore, OptForCausalLM) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = OptForCausalLM::new(&vs.root(), &tiny_opt(pre_ln)).unwrap();
+        randomize(&m.named_parameters(), 5);
+        (vs, m)
+    }
+
+    #[test]
+    fn causal_mask_later_tokens_never_change_earlier_positions() {
+        let _rng = rng_guard();
+        for pre_ln in [true, false] {
+            let (_vs, m) = random_opt(pre_ln);
+            let a = rows(&[&[1, 1, 2, 9, 13, 20, 40, 7]]);
+            let b = rows(&[&[1, 1, 2, 9, 13, 21, 3, 8]]);
+            for mask in [ones_like(&a), rows(&[&[0, 0, 1, 1, 1, 1, 1, 1]])] {
+                let (la, lb) = (m.forward(&a, &mask).unwrap(), m.forward(&b, &mask).unwrap());
+                assert!(max_abs(&la.narrow(1, 0, 5), &lb.narrow(1, 0, 5)) < 1e-6);
+                assert!(max_abs(&la.narrow(1, 5, 1), &lb.narrow(1, 5, 1)) > 1e-2);
+            }
+        }
+    }
+
+    #[test]
+    fn padding_never_changes_real_positions_either_side() {
+        let _rng = rng_guard();
+        for pre_ln in [true, false] {
+            let (_vs, m) = random_opt(pre_ln);
+            let real = rows(&[&[2, 9, 13, 20, 40]]);
+            let plain = m.forward(&real, &ones_like(&real)).unwrap();
+            // Left padding with pad id 1 (OPT's convention): positions come from the mask,
+            // so real tokens keep positions 0..5 and their logits.
+            let left = m.forward(&rows(&[&[1, 1, 1, 2, 9, 13, 20, 40]]), &rows(&[&[0, 0, 0, 1, 1, 1, 1, 1]])).unwrap();
+            assert!(left.isfinite().all().int64_value(&[]) == 1);
+            let d = max_abs(&left.narrow(1, 3, 5), &plain);
+            assert!(d < 1e-5, "left padding moved real logits by {d}");
+            let right = m.forward(&rows(&[&[2, 9, 13, 20, 40, 1, 1]]), &rows(&[&[1, 1, 1, 1, 1, 0, 0]])).unwrap();
+            let d = max_abs(&right.narrow(1, 0, 5), &plain);
+            assert!(d < 1e-5, "right padding moved real logits by {d}");
+        }
+    }
+
+    #[test]
+    fn dropout_only_in_training() {
+        let _rng = rng_guard();
+        let (_vs, m) = random_opt(true);
+        let ids = rows(&[&[2, 9, 13, 20, 40, 7]]);
+        let mask = ones_like(&ids);
+        let eval = m.forward(&ids, &mask).unwrap();
+        assert!(eval.equal(&m.forward_t(&ids, &mask, false).unwrap()));
+        let train = m.forward_t(&ids, &mask, true).unwrap();
+        assert!(max_abs(&train, &eval) > 1e-3, "dropout 0.1 must change training outputs");
+        let mut cfg = tiny_opt(true);
+        cfg.dropout = 0.0;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m0 = OptForCausalLM::new(&vs.root(), &cfg).unwrap();
+        assert!(m0.forward_t(&ids, &mask, true).unwrap().equal(&m0.forward(&ids, &mask).unwrap()));
+    }
+
+    #[test]
+    fn too_many_tokens_for_the_position_table_is_an_error() {
+        let _rng = rng_guard();
+        let (_vs, m) = random_opt(true);
+        let ids = Tensor::full([1, 33], 5, (Kind::Int64, Device::Cpu));
+        let e = m.forward(&ids, &ones_like(&ids)).unwrap_err();
+        assert!(e.to_string().contains("max_position_embeddings"), "{e}");
+        // 33 columns with 32 real tokens fit.
+        let mask = Tensor::ones([1, 33], (Kind::Int64, Device::Cpu));
+        let _ = mask.narrow(1, 0, 1).fill_(0);
+        assert!(m.forward(&ids, &mask).is_ok());
+    }
+}

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
-use super::hf::{Architecture, load_model_dir};
+use super::hf::{Architecture, HfCheckpoint, load_model_dir};
+use super::test_util::rng_guard;
 use crate::inspect::TokenBatch;
 
 /// Tolerance of the brief: max |Δlogit| ≤ 1e-4 in fp32.
@@ -42,10 +43,17 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     diff.masked_select(&defined).max().double_value(&[])
 }
 
-/// Loads fixture `name`, runs its tokens, returns (max diff, architecture, logits scale).
+/// Loads fixture `name`, checks the parameter order against HF's, runs its tokens,
+/// returns (max diff, architecture, logits scale).
 fn run_fixture(name: &str) -> (f64, Architecture, f64) {
+    let _rng = rng_guard();
     let dir = fixture_dir(name);
     let (_vs, model, info) = load_model_dir(&dir.join("model"), Device::Cpu).unwrap();
+    // HF's named_parameters() order, recorded by the fixture script, is ours too.
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let hf_order: Vec<String> = serde_json::from_value(meta["named_parameters"].clone()).unwrap();
+    let ours: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(ours, hf_order, "{name}: named_parameters order differs from HF");
     let batch = TokenBatch::read(&dir.join("tokens.json"), model.vocab_size()).unwrap();
     let (ids, mask) = batch.to_tensors(Device::Cpu).unwrap();
     let logits = tch::no_grad(|| model.logits(&ids, &mask)).unwrap();

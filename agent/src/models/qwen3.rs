@@ -88,8 +88,14 @@ impl Config {
     /// the field named: non-default RoPE, sliding-window attention, attention biases,
     /// activations other than SiLU, attention dropout, quantization.
     pub fn from_hf_json(json: &serde_json::Value) -> Result<Config> {
+        Self::from_hf_json_as(json, "qwen3")
+    }
+
+    /// [`Config::from_hf_json`] for a config whose `model_type` must be `model_type`
+    /// (`"rev_qwen3"` for reversible checkpoints).
+    pub(crate) fn from_hf_json_as(json: &serde_json::Value, model_type: &str) -> Result<Config> {
         let f = HfFields::new(json)?;
-        f.expect_model_type("qwen3")?;
+        f.expect_model_type(model_type)?;
         f.declared_dtype()?;
 
         let act = f.str("hidden_act")?.unwrap_or("silu");
@@ -653,5 +659,250 @@ pub(crate) fn lm_head(p: &nn::Path, cfg: &Config) -> Result<Option<Linear>> {
         Ok(None)
     } else {
         Ok(Some(Linear::new(&(p / "lm_head"), cfg.hidden_size, cfg.vocab_size, false, cfg.initializer_range)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::test_util::{config_field, max_abs, ones_like, randomize, rng_guard, rows, tiny_qwen3};
+    use tch::Device;
+
+    /// A complete transformers-5.x style config.
+    fn hf5() -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "hidden_act": "silu", "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "tie_word_embeddings": true,
+            "attention_bias": false, "attention_dropout": 0.0, "use_sliding_window": false, "sliding_window": null,
+            "layer_types": ["full_attention", "full_attention"], "dtype": "bfloat16", "initializer_range": 0.02,
+            "bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": null
+        })
+    }
+
+    fn with(mut v: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        v.as_object_mut().unwrap().insert(key.into(), value);
+        v
+    }
+
+    fn without(mut v: serde_json::Value, key: &str) -> serde_json::Value {
+        v.as_object_mut().unwrap().remove(key);
+        v
+    }
+
+    #[test]
+    fn config_reads_transformers_4x_and_5x_styles_alike() {
+        let c5 = Config::from_hf_json(&hf5()).unwrap();
+        assert_eq!(c5.rope_theta, 1e6);
+        assert_eq!(c5.eos_token_id, Some(TokenIds::Many(vec![151645, 151643])));
+        // 4.x: rope_theta at the top, rope_scaling null, torch_dtype, no layer_types,
+        // sliding_window set but unused.
+        let v4 = without(without(hf5(), "rope_parameters"), "dtype");
+        let v4 = without(with(with(with(v4, "rope_theta", 1e6.into()), "rope_scaling", serde_json::Value::Null), "torch_dtype", "bfloat16".into()), "layer_types");
+        let v4 = with(v4, "sliding_window", 4096.into());
+        assert_eq!(Config::from_hf_json(&v4).unwrap(), c5);
+        // Both present and equal is fine; `rope_scaling` of the default type is fine.
+        let both = with(hf5(), "rope_theta", 1e6.into());
+        assert_eq!(Config::from_hf_json(&both).unwrap(), c5);
+        let default_scaling = with(v4.clone(), "rope_scaling", serde_json::json!({"rope_type": "default"}));
+        assert_eq!(Config::from_hf_json(&default_scaling).unwrap(), c5);
+        // Omitted base-config fields take the Qwen3Config defaults.
+        let bare = without(without(hf5(), "tie_word_embeddings"), "initializer_range");
+        let c = Config::from_hf_json(&bare).unwrap();
+        assert!(!c.tie_word_embeddings);
+        assert_eq!(c.initializer_range, 0.02);
+        // num_key_value_heads null = multi-head attention.
+        let mha = with(hf5(), "num_key_value_heads", serde_json::Value::Null);
+        assert_eq!(Config::from_hf_json(&mha).unwrap().num_key_value_heads, 4);
+    }
+
+    #[test]
+    fn config_refuses_unsupported_values_naming_the_field() {
+        use serde_json::json as j;
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (with(hf5(), "rope_scaling", j!({"rope_type": "yarn", "factor": 4.0})), "rope_scaling"),
+            (with(hf5(), "rope_scaling", j!({"type": "linear", "factor": 2.0})), "rope_scaling"),
+            (with(hf5(), "rope_parameters", j!({"rope_type": "llama3", "rope_theta": 1e6})), "rope_parameters.rope_type"),
+            (with(hf5(), "rope_theta", j!(10000.0)), "rope_theta"),
+            (without(hf5(), "rope_parameters"), "rope_theta"),
+            (with(hf5(), "use_sliding_window", j!(true)), "use_sliding_window"),
+            (with(hf5(), "layer_types", j!(["full_attention", "sliding_attention"])), "layer_types"),
+            (with(hf5(), "layer_types", j!(["full_attention"])), "layer_types"),
+            (with(hf5(), "attention_bias", j!(true)), "attention_bias"),
+            (with(hf5(), "attention_dropout", j!(0.1)), "attention_dropout"),
+            (with(hf5(), "hidden_act", j!("gelu")), "hidden_act"),
+            (with(hf5(), "dtype", j!("int8")), "dtype"),
+            (without(with(hf5(), "torch_dtype", j!("float8_e4m3fn")), "dtype"), "torch_dtype"),
+            (with(hf5(), "quantization_config", j!({"quant_method": "bitsandbytes"})), "quantization_config"),
+            (with(hf5(), "model_type", j!("llama")), "model_type"),
+            (without(hf5(), "vocab_size"), "vocab_size"),
+            (without(hf5(), "head_dim"), "head_dim"),
+            (without(hf5(), "rms_norm_eps"), "rms_norm_eps"),
+            (with(hf5(), "hidden_size", j!("32")), "hidden_size"),
+            (with(hf5(), "num_key_value_heads", j!(3)), "num_key_value_heads"),
+            (with(hf5(), "head_dim", j!(15)), "head_dim"),
+            (with(hf5(), "eos_token_id", j!("x")), "eos_token_id"),
+        ];
+        for (json, field) in cases {
+            let e = Config::from_hf_json(&json).expect_err(field);
+            assert!(e.to_string().contains(field), "{e}");
+            assert_eq!(config_field(e), field);
+        }
+    }
+
+    #[test]
+    fn config_from_scale_presets_matches_the_preset_parameter_count() {
+        let _rng = rng_guard();
+        for name in ["tiny", "small"] {
+            let preset = shared::scale::preset(name).unwrap();
+            let cfg = Config::from_arch(&preset.qwen3);
+            cfg.validate().unwrap();
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = Qwen3ForSequenceClassification::new(&vs.root(), &cfg, 3, 0).unwrap();
+            let n: u64 = m.named_parameters().iter().map(|(_, t)| t.numel() as u64).sum();
+            assert_eq!(n, preset.qwen3.classifier_parameters(3), "{name}");
+        }
+    }
+
+    #[test]
+    fn named_parameters_cover_the_var_store_once_in_hf_order() {
+        let _rng = rng_guard();
+        for tied in [true, false] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = Qwen3ForCausalLM::new(&vs.root(), &tiny_qwen3(tied)).unwrap();
+            let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            let mut vars: Vec<String> = vs.variables().into_keys().collect();
+            vars.sort();
+            assert_eq!(sorted, vars);
+            assert_eq!(names[0], "model.embed_tokens.weight");
+            let layer0: Vec<&str> = names[1..12].iter().map(|s| s.trim_start_matches("model.layers.0.")).collect();
+            assert_eq!(
+                layer0,
+                [
+                    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                    "self_attn.q_norm.weight", "self_attn.k_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                    "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"
+                ]
+            );
+            assert_eq!(names.last().unwrap(), if tied { "model.norm.weight" } else { "lm_head.weight" });
+        }
+    }
+
+    #[test]
+    fn random_init_is_deterministic_for_a_seed_and_follows_hf() {
+        let _rng = rng_guard();
+        let build = |seed| {
+            tch::manual_seed(seed);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = Qwen3ForSequenceClassification::new(&vs.root(), &tiny_qwen3(false), 2, 0).unwrap();
+            (vs, m.named_parameters())
+        };
+        let (_a, pa) = build(7);
+        let (_b, pb) = build(7);
+        let (_c, pc) = build(8);
+        for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+            assert!(a.equal(b), "{n} differs for the same seed");
+        }
+        let p = |ps: &[(String, Tensor)], name: &str| ps.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone();
+        assert!(!p(&pa, "model.layers.0.mlp.up_proj.weight").equal(&p(&pc, "model.layers.0.mlp.up_proj.weight")));
+        // HF _init_weights: N(0, 0.02) weights, ones for norms, zero padding row.
+        let embed = p(&pa, "model.embed_tokens.weight");
+        let std = embed.std(true).double_value(&[]);
+        assert!((std - 0.02).abs() < 0.002, "embedding std {std}");
+        assert_eq!(embed.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0, "pad row zeroed");
+        assert!(p(&pa, "model.layers.1.self_attn.k_norm.weight").eq(1.0).all().int64_value(&[]) == 1);
+    }
+
+    fn random_lm(tied: bool) -> (nn::VarStore, Qwen3ForCausalLM) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Qwen3ForCausalLM::new(&vs.root(), &tiny_qwen3(tied)).unwrap();
+        randomize(&m.named_parameters(), 3);
+        (vs, m)
+    }
+
+    #[test]
+    fn causal_mask_later_tokens_never_change_earlier_positions() {
+        let _rng = rng_guard();
+        let (_vs, m) = random_lm(false);
+        let a = rows(&[&[5, 9, 13, 2, 40, 7, 22, 31]]);
+        let b = rows(&[&[5, 9, 13, 2, 41, 60, 3, 30]]); // differs from position 4 on
+        for mask in [ones_like(&a), rows(&[&[1, 1, 1, 1, 1, 1, 0, 0]]), rows(&[&[0, 0, 1, 1, 1, 1, 1, 1]])] {
+            let la = m.forward(&a, &mask).unwrap();
+            let lb = m.forward(&b, &mask).unwrap();
+            let d_early = max_abs(&la.narrow(1, 0, 4), &lb.narrow(1, 0, 4));
+            let d_late = max_abs(&la.narrow(1, 4, 1), &lb.narrow(1, 4, 1));
+            assert!(d_early < 1e-6, "earlier positions moved by {d_early}");
+            assert!(d_late > 1e-2, "the changed position must change ({d_late})");
+        }
+    }
+
+    #[test]
+    fn padding_never_changes_real_positions() {
+        let _rng = rng_guard();
+        let (_vs, m) = random_lm(true);
+        let real: [i64; 5] = [5, 9, 13, 2, 40];
+        let plain = m.forward(&rows(&[&real]), &ones_like(&rows(&[&real]))).unwrap();
+        // Right padding (garbage pad ids): real positions are untouched.
+        let ids = rows(&[&[5, 9, 13, 2, 40, 17, 63, 0]]);
+        let right = m.forward(&ids, &rows(&[&[1, 1, 1, 1, 1, 0, 0, 0]])).unwrap();
+        let d = max_abs(&right.narrow(1, 0, 5), &plain);
+        assert!(d < 1e-5, "right padding moved real logits by {d}");
+        // Left padding: HF Qwen3 keeps arange positions, so real tokens sit at shifted
+        // positions; RoPE is relative, so only rounding changes.
+        let ids = rows(&[&[33, 0, 8, 5, 9, 13, 2, 40]]);
+        let left = m.forward(&ids, &rows(&[&[0, 0, 0, 1, 1, 1, 1, 1]])).unwrap();
+        assert!(left.isfinite().all().int64_value(&[]) == 1, "padding rows must be finite");
+        let d = max_abs(&left.narrow(1, 3, 5), &plain);
+        assert!(d < 1e-4, "left padding moved real logits by {d}");
+        // Rows of a batch do not interact.
+        let batch = rows(&[&[5, 9, 13, 2, 40, 0, 0], &[1, 2, 3, 4, 5, 6, 7]]);
+        let mask = rows(&[&[1, 1, 1, 1, 1, 0, 0], &[1, 1, 1, 1, 1, 1, 1]]);
+        let d = max_abs(&m.forward(&batch, &mask).unwrap().get(0).narrow(0, 0, 5), &plain.get(0));
+        assert!(d < 1e-5, "batching moved real logits by {d}");
+    }
+
+    #[test]
+    fn classification_pools_the_last_non_pad_token_on_either_side() {
+        let _rng = rng_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Qwen3ForSequenceClassification::new(&vs.root(), &tiny_qwen3(true), 3, 0).unwrap();
+        randomize(&m.named_parameters(), 4);
+        let real = rows(&[&[5, 9, 13, 2]]);
+        let plain = m.forward(&real, &ones_like(&real)).unwrap();
+        assert_eq!(plain.size(), [1, 3]);
+        let ids = rows(&[&[5, 9, 13, 2, 0, 0], &[0, 0, 5, 9, 13, 2]]);
+        let mask = rows(&[&[1, 1, 1, 1, 0, 0], &[0, 0, 1, 1, 1, 1]]);
+        let out = m.forward(&ids, &mask).unwrap();
+        assert!(max_abs(&out.get(0), &plain.get(0)) < 1e-5);
+        assert!(max_abs(&out.get(1), &plain.get(0)) < 1e-4);
+        // The pooled position is HF's: with no pad id the last position, whatever the mask.
+        let idx = super::super::common::last_non_pad_index(&rows(&[&[3, 0, 4, 0, 0], &[0, 0, 0, 0, 0]]), 0).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&idx).unwrap(), vec![2, 0]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_clamps() {
+        let _rng = rng_guard();
+        let (_vs, m) = random_lm(false);
+        let ids = rows(&[&[5, 64, 1]]);
+        let e = m.forward(&ids, &ones_like(&ids)).unwrap_err();
+        assert!(matches!(e, Error::Tokenizer(_)) && e.to_string().contains("64"), "{e}");
+        let ids = rows(&[&[5, -1, 1]]);
+        assert!(matches!(m.forward(&ids, &ones_like(&ids)).unwrap_err(), Error::Tokenizer(_)));
+        let ids = rows(&[&[5, 6, 1]]);
+        assert!(m.forward(&ids, &rows(&[&[1, 1]])).is_err());
+        assert!(m.forward(&ids, &rows(&[&[1, 2, 1]])).is_err());
+        assert!(m.forward(&ids.to_kind(Kind::Float), &ones_like(&ids)).is_err());
+    }
+
+    #[test]
+    fn config_round_trips_through_hf_json() {
+        let mut cfg = tiny_qwen3(true);
+        cfg.pad_token_id = Some(0);
+        cfg.eos_token_id = Some(TokenIds::One(2));
+        assert_eq!(Config::from_hf_json(&cfg.to_hf_json()).unwrap(), cfg);
     }
 }
