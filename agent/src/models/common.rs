@@ -43,13 +43,13 @@ impl Linear {
 /// like `torch.nn.Embedding(padding_idx=...)`.
 pub(crate) fn embedding_var(p: &nn::Path, num: i64, dim: i64, std: f64, padding_idx: Option<i64>) -> Result<Tensor> {
     let weight = p.f_var("weight", &[num, dim], nn::Init::Randn { mean: 0.0, stdev: std })?;
-    if let Some(idx) = padding_idx {
-        if (0..num).contains(&idx) {
-            tch::no_grad(|| -> Result<()> {
-                let _ = weight.f_narrow(0, idx, 1)?.f_zero_()?;
-                Ok(())
-            })?;
-        }
+    if let Some(idx) = padding_idx
+        && (0..num).contains(&idx)
+    {
+        tch::no_grad(|| -> Result<()> {
+            let _ = weight.f_narrow(0, idx, 1)?.f_zero_()?;
+            Ok(())
+        })?;
     }
     Ok(weight)
 }

@@ -47,6 +47,7 @@ pub enum Architecture {
     /// `Qwen3ForSequenceClassification`.
     Qwen3ForSequenceClassification,
     /// `OPTForCausalLM`.
+    #[serde(rename = "OPTForCausalLM")]
     OptForCausalLM,
     /// `RevQwen3ForCausalLM` (qsched only; `model_type = "rev_qwen3"`).
     RevQwen3ForCausalLM,
@@ -407,13 +408,11 @@ pub fn load_weights_with(vs: &nn::VarStore, dir: &Path, opts: &LoadOptions) -> R
     // Pass 1: headers only, to decide the key mapping before touching any variable.
     let mut stored_names: Vec<String> = Vec::new();
     for (file, expected) in &shards {
-        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(file, format!("not a safetensors file: {e}")))?;
-        let names: BTreeSet<String> = st.names().into_iter().map(str::to_owned).collect();
-        if let Some(expected) = expected {
-            if let Some(missing) = expected.iter().find(|n| !names.contains(*n)) {
-                return Err(err(file, format!("the index maps `{missing}` to this shard, which lacks it")));
-            }
+        let names = header_names(file)?;
+        if let Some(expected) = expected
+            && let Some(missing) = expected.iter().find(|n| !names.contains(*n))
+        {
+            return Err(err(file, format!("the index maps `{missing}` to this shard, which lacks it")));
         }
         stored_names.extend(names);
     }
@@ -544,6 +543,28 @@ fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> 
         return Err(Error::Checkpoint { path: index, message: "weight_map is empty".into() });
     }
     Ok(by_file.into_iter().map(|(file, names)| (dir.join(file), Some(names))).collect())
+}
+
+/// Tensor names in a safetensors file, read from its header only (the first 8 bytes
+/// give the header length, then a JSON object keyed by tensor name).
+fn header_names(file: &Path) -> Result<BTreeSet<String>> {
+    use std::io::Read;
+    /// Header sizes beyond this are not safetensors files (the format caps it at 100 MB).
+    const MAX_HEADER: u64 = 100_000_000;
+    let bad = |message: String| Error::Checkpoint { path: file.to_path_buf(), message };
+    let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER {
+        return Err(bad(format!("not a safetensors file: header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors file: header: {e}")))?;
+    let map = json.as_object().ok_or_else(|| bad("not a safetensors file: header is not an object".into()))?;
+    Ok(map.keys().filter(|k| *k != "__metadata__").cloned().collect())
 }
 
 /// A safetensors view as a CPU tensor of its stored kind (float kinds only).
@@ -907,6 +928,32 @@ mod tests {
             let src = &lm_params.iter().find(|(m, _)| m == n).unwrap().1;
             assert!(t.equal(src), "{n} not loaded");
         }
+    }
+
+    #[test]
+    fn saving_copies_tokenizer_files_and_keeps_the_variable_dtype() {
+        let _rng = rng_guard();
+        let tok = tempfile::tempdir().unwrap();
+        std::fs::write(tok.path().join("tokenizer.json"), "{}").unwrap();
+        std::fs::write(tok.path().join("tokenizer_config.json"), "{}").unwrap();
+        std::fs::write(tok.path().join("unrelated.txt"), "x").unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let m = opt::OptForCausalLM::new(&vs.root(), &tiny_opt(true)).unwrap();
+        vs.bfloat16();
+        let dir = tempfile::tempdir().unwrap();
+        save_model_dir(dir.path(), &m, Some(tok.path())).unwrap();
+        assert!(dir.path().join("tokenizer.json").is_file() && dir.path().join("tokenizer_config.json").is_file());
+        assert!(!dir.path().join("unrelated.txt").exists());
+        let cfg = read_config(dir.path()).unwrap();
+        assert_eq!((cfg["dtype"].as_str(), cfg["torch_dtype"].as_str()), (Some("bfloat16"), Some("bfloat16")));
+        let (_vs, loaded, info) = load_model_dir(dir.path(), Device::Cpu).unwrap();
+        assert_eq!((info.stored_dtype.as_str(), info.variable_dtype.as_str()), ("bfloat16", "float32"));
+        for ((n, a), (_, b)) in m.named_parameters().iter().zip(loaded.named_parameters()) {
+            assert!(a.to_kind(Kind::Float).equal(&b), "{n}");
+        }
+        // A tokenizer directory without tokenizer files is an error, not a silent skip.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(save_model_dir(dir.path(), &m, Some(empty.path())), Err(Error::Tokenizer(_))));
     }
 
     #[test]

@@ -528,7 +528,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let m = OptForCausalLM::new(&vs.root(), &tiny_opt(pre_ln)).unwrap();
             let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n.trim_start_matches("model.decoder.").to_owned()).collect();
-            let head: Vec<&str> = names.iter().take(if pre_ln { 4 } else { 4 }).map(String::as_str).collect();
+            let head: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
             if pre_ln {
                 assert_eq!(head, ["embed_tokens.weight", "embed_positions.weight", "final_layer_norm.weight", "final_layer_norm.bias"]);
             } else {

@@ -221,10 +221,10 @@ fn rope_theta(f: &HfFields<'_>) -> Result<f64> {
             if !rp.is_object() {
                 return Err(Error::config("rope_parameters", format!("expected an object, got {rp}")));
             }
-            if let Some(t) = rope_type_of(rp) {
-                if t != "default" {
-                    return Err(Error::config("rope_parameters.rope_type", format!("only \"default\" is supported, got \"{t}\"")));
-                }
+            if let Some(t) = rope_type_of(rp)
+                && t != "default"
+            {
+                return Err(Error::config("rope_parameters.rope_type", format!("only \"default\" is supported, got \"{t}\"")));
             }
             match rp.get("rope_theta").filter(|v| !v.is_null()) {
                 None => None,
