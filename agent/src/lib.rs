@@ -6,13 +6,18 @@
 //! - `data`: task loaders, tokenizers, prompt templates, seeded splits; `metrics`: task metrics.
 //! - `train`: training methods (AdamW, reversible backprop, MeZO, DiZO), evaluation, checkpoints.
 //! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
+//! - `inspect`: `qagent inspect`, checking a Hugging Face checkpoint.
 #![deny(missing_docs)]
 
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod inspect;
 pub mod metrics;
+pub mod models;
 pub mod protocol;
+pub mod supervisor;
 pub mod train;
+pub mod worker;
 
 pub use error::{Error, Result};
