@@ -373,6 +373,20 @@ impl OptForCausalLM {
     /// `input_ids`, `attention_mask` `[B, T]` (left padding with pad id 1 is the OPT
     /// convention; either side works) → logits `[B, T, vocab]`. Dropout only when `train`.
     pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.hidden_states_t(input_ids, attention_mask, train)?;
+        self.logits_from_hidden(&h)
+    }
+
+    /// The tied LM head alone: hidden states `[…, E]` (as returned by
+    /// [`Self::hidden_states_t`]) → logits `[…, vocab]`. Scoring code applies it to the few
+    /// positions it needs instead of materialising `[B, T, vocab]`.
+    pub fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.f_linear(&self.embed_tokens, None::<Tensor>)?)
+    }
+
+    /// The decoder's output before the LM head: `[B, T]` → `[B, T, word_embed_proj_dim]`
+    /// (after the final layer norm and `project_out` where the layout has them).
+    pub fn hidden_states_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
         // 1. Checks and the shared causal + padding mask.
         let inputs = check_inputs(input_ids, attention_mask, self.cfg.vocab_size, self.embed_tokens.device())?;
         let mask = AttnMask::build(&inputs)?;
@@ -405,8 +419,7 @@ impl OptForCausalLM {
         if let Some(pout) = &self.project_out {
             h = pout.forward(&h)?;
         }
-        // 6. Tied LM head: logits = h Eᵀ [B, T, vocab].
-        Ok(h.f_linear(&self.embed_tokens, None::<Tensor>)?)
+        Ok(h)
     }
 
     /// Trainable tensors with HF names in HF `named_parameters()` order: embed_tokens,

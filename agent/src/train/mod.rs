@@ -179,9 +179,9 @@ pub fn run_shard(
             Some(settings) => Some(zo::Dizo::new(&params, settings.clone())?),
             None => None,
         };
-        Method::ZerothOrder { params: params.clone(), dizo }
+        Method::ZerothOrder { params: shallow(&params), dizo }
     } else {
-        Method::FirstOrder(AdamW::new(params.clone(), &shard.train))
+        Method::FirstOrder(AdamW::new(shallow(&params), &shard.train))
     };
 
     // 4. Resume from a checkpoint of an earlier attempt, if there is one.
@@ -358,6 +358,11 @@ pub fn run_shard(
         config,
         resumed_from_step,
     })
+}
+
+/// Handles to the same tensors (no data copied).
+fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }
 
 fn scalar(t: Tensor) -> Result<f64> {

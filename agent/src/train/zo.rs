@@ -127,7 +127,7 @@ impl Dizo {
         let projected = params
             .iter()
             .filter(|(n, _)| is_projected(n))
-            .map(|(n, p)| Ok(Projected { name: n.clone(), param: p.shallow_clone(), anchor: p.f_detach()?.f_copy()? }))
+            .map(|(n, p)| Ok(Projected { name: n.clone(), param: p.shallow_clone(), anchor: p.f_detach()?.copy() }))
             .collect::<Result<Vec<_>>>()?;
         if projected.is_empty() {
             return Err(Error::Unsupported("DiZO found no self_attn.k_proj/v_proj weights to project".into()));
