@@ -39,29 +39,6 @@ pub struct PinnedDevice {
     pub cuda_library: Option<PathBuf>,
 }
 
-unsafe extern "C" {
-    fn qsched_cuda_memory_stats(
-        device: c_int,
-        peak_allocated: *mut i64,
-        current_allocated: *mut i64,
-        peak_reserved: *mut i64,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
-    fn qsched_cuda_reset_peak(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
-    fn qsched_set_cuda_autocast_bf16(err: *mut c_char, err_len: usize) -> c_int;
-}
-
-fn shim_call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
-    let mut buf = vec![0 as c_char; 512];
-    if f(buf.as_mut_ptr(), buf.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim NUL-terminates the message within the buffer.
-    let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
-    Err(Error::Device(msg))
-}
-
 fn dl_error() -> String {
     // SAFETY: dlerror returns a thread-local C string or NULL.
     let p = unsafe { libc::dlerror() };
@@ -281,11 +258,7 @@ impl PinnedDevice {
                 current: proc_status_kib("VmRSS:")? * 1024,
             }),
             DeviceSpec::Cuda(ordinal) => {
-                let (mut peak, mut current, mut reserved) = (0i64, 0i64, 0i64);
-                // SAFETY: out-pointers are valid locals; the error buffer is provided by shim_call.
-                shim_call(|err, len| unsafe {
-                    qsched_cuda_memory_stats(ordinal as c_int, &mut peak, &mut current, &mut reserved, err, len)
-                })?;
+                let (peak, current, _reserved) = crate::ffi::cuda_memory_stats(ordinal as usize)?;
                 Ok(MemoryReading { peak: peak.max(0) as u64, current: current.max(0) as u64 })
             }
         }
@@ -299,10 +272,7 @@ impl PinnedDevice {
             DeviceSpec::Cpu => {
                 std::fs::write("/proc/self/clear_refs", "5").map_err(|e| Error::io("/proc/self/clear_refs", e))
             }
-            DeviceSpec::Cuda(ordinal) => {
-                // SAFETY: plain call with an error buffer provided by shim_call.
-                shim_call(|err, len| unsafe { qsched_cuda_reset_peak(ordinal as c_int, err, len) })
-            }
+            DeviceSpec::Cuda(ordinal) => crate::ffi::cuda_reset_peak(ordinal as usize),
         }
     }
 
@@ -310,8 +280,7 @@ impl PinnedDevice {
     pub fn set_autocast_bf16(&self) -> Result<()> {
         match self.spec {
             DeviceSpec::Cpu => Err(Error::Unsupported("bf16 mixed precision is only available on CUDA".into())),
-            // SAFETY: plain call with an error buffer provided by shim_call.
-            DeviceSpec::Cuda(_) => shim_call(|err, len| unsafe { qsched_set_cuda_autocast_bf16(err, len) }),
+            DeviceSpec::Cuda(_) => crate::ffi::set_cuda_autocast_bf16(),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+mod ffi;
 pub mod inspect;
 pub mod metrics;
 pub mod models;

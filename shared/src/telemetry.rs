@@ -86,7 +86,8 @@ fn install(service: &str, default_filter: &str, provider: SdkTracerProvider) -> 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer(service.to_owned());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false).with_filter(filter);
     // The OpenTelemetry layer sees every span at INFO and above regardless of the log
     // filter, so traces are complete even when logs are quiet.
     let otel = tracing_opentelemetry::layer()
