@@ -250,6 +250,25 @@ async fn dead_letter_listing_shows_reasons_and_keeps_the_messages() {
 }
 
 #[tokio::test]
+async fn take_dead_letters_removes_only_the_matching_run() {
+    let b = TestBroker::new("dlqtake").await;
+    b.publish(vec![message(DeviceClass::Cpu, "r1:a"), message(DeviceClass::Cpu, "r2:b"), message(DeviceClass::Cpu, "r1:c")])
+        .await
+        .unwrap();
+    let mut c = b.consume(DeviceClass::Cpu, "t").await.unwrap();
+    for _ in 0..3 {
+        next(&mut c).await.reject(false).await.unwrap();
+    }
+    assert_eq!(wait_for_dead_letters(&b, 3).await.len(), 3);
+    let mut taken: Vec<String> = b.take_dead_letters("r1:").await.unwrap().into_iter().filter_map(|d| d.message_id).collect();
+    taken.sort();
+    assert_eq!(taken, vec!["r1:a".to_owned(), "r1:c".to_owned()]);
+    let left = b.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message_id.as_deref(), Some("r2:b"));
+}
+
+#[tokio::test]
 async fn unroutable_publish_is_not_confirmed() {
     let b = TestBroker::new("unroutable").await;
     // Take the cuda queue away behind the broker's back so that routing key `cuda` matches nothing.

@@ -66,7 +66,7 @@ impl AgentConfig {
     /// Defaults for `device`, with this host's name and a worker started from the
     /// current executable with the `worker` subcommand.
     pub fn new(device: DeviceSpec, data_dir: PathBuf) -> Result<Self> {
-        let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+        let exe = self_exe()?;
         let host = host_name();
         Ok(AgentConfig {
             device,
@@ -84,6 +84,18 @@ impl AgentConfig {
             host,
             max_shards: None,
         })
+    }
+}
+
+/// The running executable, to start workers from. `/proc/self/exe` stays valid when the
+/// installed binary is replaced while the agent runs (`current_exe()` would then name a
+/// deleted file and every worker start would fail).
+pub fn self_exe() -> Result<PathBuf> {
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        Ok(proc_exe.to_path_buf())
+    } else {
+        std::env::current_exe().map_err(|e| Error::io("current executable", e))
     }
 }
 
@@ -323,6 +335,12 @@ async fn process_shard(
             delivery.ack().await?;
             stats.finished += 1;
             info!(status = "succeeded", "shard stored and acked");
+            if let Some(root) = &cfg.checkpoint_dir {
+                // The result is durable; the checkpoints are not needed any more.
+                if let Err(e) = crate::train::checkpoint::remove(&crate::train::checkpoint::shard_dir(root, &run, &id)) {
+                    warn!(error = %e, "could not remove the shard's checkpoints");
+                }
+            }
             Flow::Continue
         }
         WorkerEnd::Failed { message, retryable } if retryable && !last_attempt => {

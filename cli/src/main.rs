@@ -324,7 +324,7 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
     use cli::render;
     let data_dir = args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
     spec.check_data(&data_dir)?;
-    let exe = std::env::current_exe().context("cannot find the qsched executable")?;
+    let exe = agent::supervisor::self_exe()?;
     let opts = cli::embedded::LocalOptions {
         devices: args.devices.clone(),
         data_dir,

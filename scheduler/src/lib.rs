@@ -231,7 +231,20 @@ pub async fn retry(
     let span = info_span!("retry", otel.kind = "producer", run = %run_id);
     async {
         let record = store.get_run(run_id).await?.ok_or_else(|| Error::UnknownRun(run_id.to_owned()))?;
-        let states = store.states(run_id).await?;
+        let mut states = store.states(run_id).await?;
+        // Shards the broker dead-lettered on its own (their agent died on the last allowed
+        // delivery) never got a result and still look queued or running: take them out of
+        // the dead-letter queue and mark them dead, so they are retried and no stale copy
+        // is left behind.
+        for letter in broker.take_dead_letters(&format!("{run_id}:")).await? {
+            let Some(shard) = letter.message_id.as_deref().and_then(|m| m.strip_prefix(&format!("{run_id}:"))) else {
+                continue;
+            };
+            if !states.get(shard).is_some_and(|s| s.is_terminal()) {
+                store.force_state(run_id, shard, ShardState::Dead).await?;
+                states.insert(shard.to_owned(), ShardState::Dead);
+            }
+        }
         let wanted = |s: ShardState| match selection {
             RetrySelection::Unsuccessful => matches!(s, ShardState::Failed | ShardState::Dead | ShardState::Cancelled),
             RetrySelection::FailedOnly => matches!(s, ShardState::Failed | ShardState::Dead),
@@ -348,5 +361,26 @@ mod tests {
         assert_eq!(again, vec![ids[2].clone()]);
         assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 14);
         assert!(matches!(retry("nope", RetrySelection::Unsuccessful, &broker, &store).await, Err(Error::UnknownRun(_))));
+    }
+
+    #[tokio::test]
+    async fn retry_recovers_shards_the_broker_dead_lettered() {
+        use shared::broker::Broker as _;
+        let broker = MemoryBroker::new(1);
+        let store = MemoryStore::new();
+        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        // An agent takes the first shard, marks it running and dies: with a delivery
+        // limit of 1 the broker dead-letters it; its state still says running.
+        let mut c = broker.consume(DeviceClass::Cpu, "t").await.unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        let first = record.shards[0].shard.clone();
+        store.set_state("r1", &first, ShardState::Running).await.unwrap();
+        drop(d);
+        drop(c);
+        assert_eq!(broker.dead_letters(10).await.unwrap().len(), 1);
+        let again = retry("r1", RetrySelection::FailedOnly, &broker, &store).await.unwrap();
+        assert_eq!(again, vec![first.clone()]);
+        assert_eq!(store.states("r1").await.unwrap()[&first], ShardState::Queued);
+        assert!(broker.dead_letters(10).await.unwrap().is_empty(), "the stale dead letter is gone");
     }
 }

@@ -643,6 +643,33 @@ impl Broker for AmqpBroker {
         Ok(out)
     }
 
+    async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>> {
+        let queue = self.dead_letter_queue();
+        let ch = self.channel().await?;
+        let mut taken = Vec::new();
+        // Same walk as `dead_letters`, but matching messages are acked (removed); the
+        // others go back when the channel closes.
+        loop {
+            let got = ch
+                .basic_get(short(&queue)?, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| self.lapin_error(&format!("reading {queue}"), &e))?;
+            let Some(message) = got else { break };
+            let letter = to_dead_letter(&message.delivery);
+            if letter.message_id.as_deref().is_some_and(|id| id.starts_with(message_id_prefix)) {
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| self.lapin_error(&format!("removing a dead letter from {queue}"), &e))?;
+                taken.push(letter);
+            }
+        }
+        close_channel(&ch).await;
+        Ok(taken)
+    }
+
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64> {
         let queue = self.shard_queue(class);
         let ch = self.channel().await?;

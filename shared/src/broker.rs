@@ -142,6 +142,9 @@ pub trait Broker: Send + Sync {
     async fn dead_letter(&self, body: Vec<u8>, headers: BTreeMap<String, String>, reason: &str) -> Result<()>;
     /// Lists up to `limit` dead-lettered messages without removing them.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// Removes and returns the dead-lettered messages whose message id starts with
+    /// `message_id_prefix` (`retry` takes a run's dead letters out before republishing).
+    async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>>;
     /// Messages ready in the queue of `class` (for status displays).
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64>;
 }
@@ -359,6 +362,23 @@ impl Broker for MemoryBroker {
                 queue: None,
                 size: m.body.len(),
                 headers: m.headers.clone(),
+            })
+            .collect())
+    }
+
+    async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>> {
+        let mut s = self.lock();
+        let (taken, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut s.dead).into_iter().partition(|(m, _)| m.message_id.starts_with(message_id_prefix));
+        s.dead = kept;
+        Ok(taken
+            .into_iter()
+            .map(|(m, reason)| DeadLetter {
+                message_id: Some(m.message_id),
+                reason,
+                queue: None,
+                size: m.body.len(),
+                headers: m.headers,
             })
             .collect())
     }

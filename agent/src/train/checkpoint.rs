@@ -1,8 +1,10 @@
 //! Shard checkpoints: weights, optimizer state and loop state, written atomically.
 //!
-//! Layout: `<checkpoint_dir>/<run>/<shard>/{state.json, tensors.safetensors}`. A new
-//! checkpoint is written into a temporary folder and renamed over the old one, so a kill
-//! at any moment leaves either the previous or the new checkpoint, never a torn one.
+//! Layout: `<checkpoint_dir>/<run>/<shard>/step-<N>/{state.json, tensors.safetensors}`
+//! plus a `LATEST` file naming the newest complete step folder. A checkpoint is written
+//! into a fresh folder first and only then published by atomically renaming a new
+//! `LATEST` over the old one; older folders are removed afterwards. A kill at any moment
+//! therefore leaves a complete checkpoint to resume from (the previous or the new one).
 //! Because batches and noise are functions of (seed, step), restoring the tensors and
 //! the step is all a resumed shard needs to continue as if it had never stopped.
 
@@ -75,45 +77,57 @@ pub fn shard_dir(root: &Path, run: &str, shard: &str) -> PathBuf {
     root.join(run).join(shard)
 }
 
-/// Writes a checkpoint atomically.
+const LATEST: &str = "LATEST";
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a checkpoint for `state.step` and publishes it atomically.
 pub fn save(dir: &Path, state: &LoopState, tensors: &[(String, &Tensor)]) -> Result<()> {
-    let parent = dir.parent().ok_or_else(|| Error::io(dir, std::io::Error::other("checkpoint dir has no parent")))?;
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt"),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = format!("step-{}", state.step);
+    let target = dir.join(&name);
+    if target.exists() {
+        // A leftover of an attempt killed while writing this very step.
+        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
     // Tensors are copied to the CPU for writing; the live ones stay where they are.
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let tensors_path = tmp.join("tensors.safetensors");
-    Tensor::write_safetensors(&cpu, &tensors_path)?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-    std::fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(tmp.join("state.json"), e))?;
-    if dir.exists() {
-        let old = parent.join(format!(".{}.old-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt"), std::process::id()));
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    } else {
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    Tensor::write_safetensors(&cpu, target.join("tensors.safetensors"))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::io(&target, std::io::Error::other(e)))?;
+    write_file(&target.join("state.json"), &json)?;
+    // Publish: LATEST is replaced by rename, which is atomic on POSIX filesystems.
+    let tmp = dir.join(format!("{LATEST}.tmp-{}", std::process::id()));
+    write_file(&tmp, name.as_bytes())?;
+    std::fs::rename(&tmp, dir.join(LATEST)).map_err(|e| Error::io(dir.join(LATEST), e))?;
+    // Older checkpoints are no longer needed.
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let file_name = entry.file_name();
+        let n = file_name.to_string_lossy();
+        if n.starts_with("step-") && n != name.as_str() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     Ok(())
 }
 
-/// Reads a checkpoint if one exists for `shard_id`.
+/// Reads the latest checkpoint if one exists for `shard_id`.
 pub fn load(dir: &Path, shard_id: &str) -> Result<Option<(LoopState, HashMap<String, Tensor>)>> {
-    let state_path = dir.join("state.json");
-    if !state_path.is_file() {
+    let latest = dir.join(LATEST);
+    if !latest.is_file() {
         return Ok(None);
     }
+    let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+    let step_dir = dir.join(name.trim());
+    let state_path = step_dir.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: LoopState = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Checkpoint { path: state_path.clone(), message: format!("unreadable state: {e}") })?;
@@ -123,8 +137,17 @@ pub fn load(dir: &Path, shard_id: &str) -> Result<Option<(LoopState, HashMap<Str
             message: format!("belongs to shard {}, not {shard_id}", state.shard_id),
         });
     }
-    let tensors = Tensor::read_safetensors(dir.join("tensors.safetensors"))?.into_iter().collect();
+    let tensors = Tensor::read_safetensors(step_dir.join("tensors.safetensors"))?.into_iter().collect();
     Ok(Some((state, tensors)))
+}
+
+/// Removes a shard's checkpoints (after its result is stored); missing is fine.
+pub fn remove(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
 }
 
 /// Copies saved values into live tensors (same names), failing on anything missing or
@@ -170,13 +193,22 @@ mod tests {
         let live = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
         restore(&ck, &tensors, &[("a".into(), &live)]).unwrap();
         assert_eq!(Vec::<f32>::try_from(&live).unwrap(), vec![4.0, 5.0, 6.0]);
-        // No temporary folders left behind.
-        assert_eq!(std::fs::read_dir(ck.parent().unwrap()).unwrap().count(), 1);
+        // Only the newest step folder and LATEST remain.
+        let mut names: Vec<String> =
+            std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["LATEST".to_owned(), "step-9".to_owned()]);
         // Wrong shard, missing tensor, wrong shape.
         assert!(load(&ck, "s2").is_err());
         let other = Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
         assert!(restore(&ck, &tensors, &[("a".into(), &other)]).is_err());
         assert!(restore(&ck, &tensors, &[("b".into(), &live)]).is_err());
         assert!(load(&shard_dir(dir.path(), "r1", "none"), "none").unwrap().is_none());
+        // A step folder written but never published is ignored: LATEST still wins.
+        std::fs::create_dir_all(ck.join("step-11")).unwrap();
+        assert_eq!(load(&ck, "s1").unwrap().unwrap().0.step, 9);
+        remove(&ck).unwrap();
+        assert!(!ck.exists());
+        remove(&ck).unwrap();
     }
 }
