@@ -146,10 +146,15 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
 }
 
 /// `qsched results RUN`.
-pub async fn results(store: &dyn Store, run: &str, format: Format) -> Result<(String, Vec<ShardResult>, RunRecord)> {
+pub async fn results(
+    store: &dyn Store,
+    run: &str,
+    format: Format,
+    metric: Option<&str>,
+) -> Result<(String, Vec<ShardResult>, RunRecord)> {
     let record = get_run(store, run).await?;
     let results = store.results(run).await?;
-    Ok((render::render_results(&results, format), results, record))
+    Ok((render::render_results_by(&results, format, metric), results, record))
 }
 
 /// `qsched agents`.
@@ -280,7 +285,13 @@ pub fn scales() -> String {
 }
 
 /// `qsched compare`: each model against a baseline model, per task, within the runs given.
-pub async fn compare(store: &dyn Store, runs: &[String], baseline: Option<ModelId>, format: Format) -> Result<String> {
+pub async fn compare(
+    store: &dyn Store,
+    runs: &[String],
+    baseline: Option<ModelId>,
+    metric: Option<&str>,
+    format: Format,
+) -> Result<String> {
     let mut all = Vec::new();
     for r in runs {
         get_run(store, r).await?;
@@ -289,7 +300,7 @@ pub async fn compare(store: &dyn Store, runs: &[String], baseline: Option<ModelI
     if all.is_empty() {
         bail!("no results yet in {}", runs.join(", "));
     }
-    let aggs = render::aggregate(&all);
+    let aggs = render::aggregate_by(&all, metric);
     let tasks: Vec<TaskId> = {
         let mut t: Vec<TaskId> = aggs.iter().map(|a| a.task).collect();
         t.dedup();
@@ -423,7 +434,7 @@ mod tests {
         let text = status(&store, Some(&broker), "r1").await.unwrap();
         assert!(text.contains("0/2 finished") && text.contains("queued 2") && text.contains("cpu 2 ready"), "{text}");
         assert!(!run_finished(&record, &store.states("r1").await.unwrap()));
-        let (out, results, _) = results(&store, "r1", Format::Json).await.unwrap();
+        let (out, results, _) = results(&store, "r1", Format::Json, None).await.unwrap();
         assert!(results.is_empty());
         assert_eq!(out.trim(), "[]");
         assert!(status(&store, None, "nope").await.unwrap_err().to_string().contains("run 'nope' not found"));

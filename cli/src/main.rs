@@ -54,6 +54,9 @@ enum Command {
         run: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Summarise this metric instead of each task's primary one (e.g. accuracy).
+        #[arg(long)]
+        metric: Option<String>,
     },
     /// Compare models against a baseline model, per task, over one or more runs.
     Compare {
@@ -63,6 +66,9 @@ enum Command {
         /// Baseline model (default: the first model in the results).
         #[arg(long)]
         baseline: Option<ModelId>,
+        /// Compare this metric instead of each task's primary one.
+        #[arg(long)]
+        metric: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -209,18 +215,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 println!();
             }
         }
-        Command::Results { run, format } => {
+        Command::Results { run, format, metric } => {
             let store = store(&conn).await?;
-            let (text, results, record) = commands::results(&store, &run, format).await?;
+            let (text, results, record) = commands::results(&store, &run, format, metric.as_deref()).await?;
             println!("{text}");
             if format != Format::Json && results.len() < record.shard_count as usize {
                 eprintln!("{} of {} shards have results so far", results.len(), record.shard_count);
             }
             Ok(())
         }
-        Command::Compare { runs, baseline, format } => {
+        Command::Compare { runs, baseline, metric, format } => {
             let store = store(&conn).await?;
-            print!("{}", commands::compare(&store, &runs, baseline, format).await?);
+            print!("{}", commands::compare(&store, &runs, baseline, metric.as_deref(), format).await?);
             Ok(())
         }
         Command::Agents { format } => {
@@ -308,7 +314,7 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
         })
         .await?;
         bar.finish_and_clear();
-        let (text, _, _) = commands::results(&store, &run_id, args.format).await?;
+        let (text, _, _) = commands::results(&store, &run_id, args.format, None).await?;
         println!("{text}");
         if args.format == Format::Json {
             return Ok(());

@@ -112,8 +112,13 @@ pub struct Aggregate {
     pub seeds: Vec<u64>,
 }
 
-/// Groups results by model × task (spec order: models then tasks as they appear).
+/// Groups results by model × task, summarising each shard's primary metric.
 pub fn aggregate(results: &[ShardResult]) -> Vec<Aggregate> {
+    aggregate_by(results, None)
+}
+
+/// Groups results by model × task, summarising `metric` (default: the primary metric).
+pub fn aggregate_by(results: &[ShardResult], metric: Option<&str>) -> Vec<Aggregate> {
     let mut order: Vec<(ModelId, TaskId)> = Vec::new();
     let mut groups: BTreeMap<(ModelId, TaskId), Vec<&ShardResult>> = BTreeMap::new();
     let mut sorted: Vec<&ShardResult> = results.iter().collect();
@@ -130,7 +135,7 @@ pub fn aggregate(results: &[ShardResult]) -> Vec<Aggregate> {
         .map(|key| {
             let rs = &groups[&key];
             let ok: Vec<&&ShardResult> = rs.iter().filter(|r| r.status == ShardState::Succeeded).collect();
-            let metric = ok.iter().find_map(|r| r.primary_metric.clone());
+            let metric = metric.map(str::to_owned).or_else(|| ok.iter().find_map(|r| r.primary_metric.clone()));
             let mut names: Vec<String> = ok.iter().flat_map(|r| r.metrics.keys().cloned()).collect();
             names.sort();
             names.dedup();
@@ -175,6 +180,7 @@ fn pm(s: Option<Summary>, digits: usize) -> String {
 const HEADERS: [&str; 9] = ["model", "task", "metric", "mean ± std", "n", "failed", "peak memory", "wall s", "tokens/s"];
 
 fn rows(aggs: &[Aggregate]) -> Vec<[String; 9]> {
+    // (shown as "—" where the metric does not exist for a task)
     aggs.iter()
         .map(|a| {
             [
@@ -192,8 +198,13 @@ fn rows(aggs: &[Aggregate]) -> Vec<[String; 9]> {
         .collect()
 }
 
-/// Renders results in `format`.
+/// Renders results in `format`, summarising each shard's primary metric.
 pub fn render_results(results: &[ShardResult], format: Format) -> String {
+    render_results_by(results, format, None)
+}
+
+/// Renders results in `format`, summarising `metric` (default: the primary metric).
+pub fn render_results_by(results: &[ShardResult], format: Format, metric: Option<&str>) -> String {
     match format {
         Format::Json => {
             let mut sorted: Vec<&ShardResult> = results.iter().collect();
@@ -204,7 +215,7 @@ pub fn render_results(results: &[ShardResult], format: Format) -> String {
         Format::Table => {
             let mut t = Table::new();
             t.load_preset(presets::UTF8_FULL_CONDENSED).set_header(HEADERS);
-            for r in rows(&aggregate(results)) {
+            for r in rows(&aggregate_by(results, metric)) {
                 t.add_row(r);
             }
             let mut out = t.to_string();
@@ -223,7 +234,7 @@ pub fn render_results(results: &[ShardResult], format: Format) -> String {
         }
         Format::Csv => {
             let mut out = String::from("model,task,metric,mean,std,n,failed,peak_memory_bytes,wall_seconds,tokens_per_second\n");
-            for a in aggregate(results) {
+            for a in aggregate_by(results, metric) {
                 let (mean, std, n) = a.primary.map_or((String::new(), String::new(), 0), |s| {
                     (format!("{}", s.mean), format!("{}", s.std), s.n)
                 });
@@ -245,7 +256,7 @@ pub fn render_results(results: &[ShardResult], format: Format) -> String {
         }
         Format::Markdown => {
             let mut out = format!("| {} |\n|{}\n", HEADERS.join(" | "), "---|".repeat(HEADERS.len()));
-            for r in rows(&aggregate(results)) {
+            for r in rows(&aggregate_by(results, metric)) {
                 out.push_str(&format!("| {} |\n", r.join(" | ")));
             }
             out
@@ -346,6 +357,10 @@ mod tests {
         assert!(md.contains("| qwen3 | sst2 | accuracy | 0.8000 ± 0.0000 | 1 | 1 |"), "{md}");
         let table = render_results(&rs, Format::Table);
         assert!(table.contains("0.8000 ± 0.0000") && table.contains("boom"), "{table}");
+        // Another metric than the primary one, and one a task does not have.
+        let by = aggregate_by(&rs, Some("accuracy"));
+        assert!((by[0].primary.unwrap().mean - 0.8).abs() < 1e-12);
+        assert!(aggregate_by(&rs, Some("mcc"))[0].primary.is_none());
     }
 
     #[test]

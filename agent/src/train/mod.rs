@@ -206,12 +206,15 @@ pub fn run_shard(
     let pad = tok.pad_id();
     let bs = shard.train.batch_size as usize;
     let mut order = BatchOrder::new(train.len(), bs, shard.seed, stream::BATCHES);
+    let audited;
     {
         let probe = task_model::collate(&train, &order.indices(0), objective, true, pad, device)?;
         let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
         tensors.extend(method.state_tensors());
         tensors.extend(probe.tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
         audit::ensure_on_device(device, tensors.iter().map(|(n, t)| (n.as_str(), *t)))?;
+        audited = tensors.len();
+        info!(tensors = audited, device = %pinned.spec, "placement audit passed: parameters, optimizer state and batch");
     }
 
     let total_steps = u64::from(shard.train.max_steps);
@@ -330,6 +333,7 @@ pub fn run_shard(
         "tokenizer": tok.source().display().to_string(),
         "evaluations": state.history,
         "stopped_early": state.stopped_early,
+        "placement_audit": { "device": pinned.spec.to_string(), "tensors_on_device": audited },
         "zo_trainable": if shard.model.is_zeroth_order() { "all parameters (embed_tokens included)" } else { "" },
     });
     Ok(ShardOutcome {
