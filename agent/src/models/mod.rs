@@ -18,4 +18,4 @@ pub use common::{TokenIds, kind_name};
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util; // also used by train::tests (the shared RNG lock)

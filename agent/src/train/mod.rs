@@ -13,6 +13,9 @@ pub mod optim;
 pub mod task_model;
 pub mod zo;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;

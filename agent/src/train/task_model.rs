@@ -205,12 +205,21 @@ pub fn option_scores(net: &opt::OptForCausalLM, b: &CandidateBatch, train: bool)
     let hidden = net.hidden_states_t(&b.input_ids, &b.attention_mask, train)?;
     // Positions t-k-1 .. t-2 predict tokens t-k .. t-1.
     let h = hidden.f_narrow(1, t - k - 1, k)?;
-    let logits = net.logits_from_hidden(&h)?.f_to_kind(Kind::Float)?;
+    let work = score_kind(h.kind());
+    let logits = net.logits_from_hidden(&h)?.f_to_kind(work)?;
     let targets = b.input_ids.f_narrow(1, t - k, k)?;
-    let mask = b.option_mask.f_narrow(1, t - k, k)?;
-    let lp = logits.f_log_softmax(-1, Kind::Float)?.f_gather(-1, &targets.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
-    let sum = (lp * &mask).f_sum_dim_intlist(1, false, Kind::Float)?;
-    Ok(sum.f_div(&mask.f_sum_dim_intlist(1, false, Kind::Float)?)?)
+    let mask = b.option_mask.f_narrow(1, t - k, k)?.f_to_kind(work)?;
+    let lp = logits.f_log_softmax(-1, work)?.f_gather(-1, &targets.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
+    let sum = (lp * &mask).f_sum_dim_intlist(1, false, work)?;
+    Ok(sum.f_div(&mask.f_sum_dim_intlist(1, false, work)?)?)
+}
+
+/// Precision of log-probabilities and losses: fp32 for fp32/bf16/fp16 activations (an
+/// upcast under autocast), fp64 kept as fp64. Before, fp64 was cast down to fp32 here,
+/// which capped the fp64 gradient checks in `train::tests` at fp32 rounding; fp32 and
+/// bf16 training is unchanged.
+fn score_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double { Kind::Double } else { Kind::Float }
 }
 
 /// Loss of a prompt-format batch from its option scores.
@@ -218,11 +227,12 @@ pub fn candidate_loss(scores: &Tensor, b: &CandidateBatch) -> Result<Tensor> {
     match b.rows {
         CandidateRows::All => {
             let logits = scores.f_view([b.num_examples as i64, b.rows_per_example as i64])?;
-            Ok(logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(&b.gold, None, tch::Reduction::Mean, -100)?)
+            let work = score_kind(scores.kind());
+            Ok(logits.f_log_softmax(-1, work)?.f_nll_loss::<Tensor>(&b.gold, None, tch::Reduction::Mean, -100)?)
         }
         // Teacher-forced LM loss on the gold option tokens (per-candidate token mean,
         // averaged over examples).
-        CandidateRows::GoldOnly => Ok(scores.f_neg()?.f_mean(Kind::Float)?),
+        CandidateRows::GoldOnly => Ok(scores.f_neg()?.f_mean(score_kind(scores.kind()))?),
     }
 }
 

@@ -262,8 +262,13 @@ mod tests {
         p.iter().map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()).collect()
     }
 
+    // These draw from libtorch's process-global generator: hold the shared RNG lock, or a
+    // concurrently running seeded test (train::tests, the model tests) sees foreign draws.
+    use crate::models::test_util::rng_guard;
+
     #[test]
     fn perturbation_is_regenerated_from_the_seed() {
+        let _g = rng_guard();
         let p = params();
         let before = values(&p);
         perturb(&p, 42, 1e-3).unwrap();
@@ -279,6 +284,7 @@ mod tests {
 
     #[test]
     fn spsa_restores_parameters_even_when_the_loss_fails() {
+        let _g = rng_guard();
         let p = params();
         let before = values(&p);
         let mut calls = 0;
