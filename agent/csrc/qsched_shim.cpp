@@ -1,5 +1,5 @@
 // C entry points into libtorch that tch 0.24 does not expose: CUDA caching-allocator
-// statistics (peak memory per shard), the CUDA autocast dtype (bf16 mixed precision),
+// statistics (peak memory per shard) and cache release (between benchmark measurements), the CUDA autocast dtype (bf16 mixed precision),
 // and libtorch's fused multi-tensor AdamW and gradient-norm clipping (one pass over all
 // parameters instead of a dozen elementwise kernels per tensor).
 //
@@ -43,6 +43,16 @@ extern "C" int qsched_cuda_memory_stats(int device, int64_t* peak_allocated, int
 extern "C" int qsched_cuda_reset_peak(int device, char* err, size_t err_len) {
   try {
     c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(e, err, err_len);
+    return 1;
+  }
+}
+
+extern "C" int qsched_cuda_empty_cache(char* err, size_t err_len) {
+  try {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->emptyCache();
     return 0;
   } catch (const std::exception& e) {
     write_error(e, err, err_len);

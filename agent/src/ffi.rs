@@ -20,6 +20,7 @@ unsafe extern "C" {
         err_len: usize,
     ) -> c_int;
     fn qsched_cuda_reset_peak(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
+    fn qsched_cuda_empty_cache(err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_set_cuda_autocast_bf16(err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_fused_adamw(
         params: *const *mut c_void,
@@ -76,6 +77,13 @@ pub fn cuda_memory_stats(device: usize) -> Result<(i64, i64, i64)> {
 pub fn cuda_reset_peak(device: usize) -> Result<()> {
     // SAFETY: plain call with a message buffer.
     call(|err, len| unsafe { qsched_cuda_reset_peak(device as c_int, err, len) }).map_err(|e| Error::Device(e.to_string()))
+}
+
+/// Returns the CUDA caching allocator's unused cached blocks to the driver
+/// (`torch.cuda.empty_cache()`), so the next peak-reserved reading starts clean.
+pub fn cuda_empty_cache() -> Result<()> {
+    // SAFETY: plain call with a message buffer.
+    call(|err, len| unsafe { qsched_cuda_empty_cache(err, len) }).map_err(|e| Error::Device(e.to_string()))
 }
 
 /// Makes CUDA autocast use bf16.

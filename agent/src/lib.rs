@@ -7,8 +7,10 @@
 //! - `train`: training methods (AdamW, reversible backprop, MeZO, DiZO), evaluation, checkpoints.
 //! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
 //! - `inspect`: `qagent inspect`, checking a Hugging Face checkpoint.
+//! - `bench`: the `qbench` harness (Qwen3 depth sweep, zeroth-order OPT figure).
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;
