@@ -389,11 +389,11 @@ fn first_order_step(
     tch::manual_seed(torch_seed(step_seed(shard.seed, purpose::DROPOUT, step)));
     opt.zero_grad();
     let loss = match (net, batch) {
-        (Net::RevQwen3(m), Batch::Classifier(b)) => {
+        (Net::RevQwen3(m), Batch::Classifier(b)) => tch::autocast(autocast, || {
             m.backward_by_reconstruction(&b.input_ids, &b.attention_mask, &mut |logits| {
                 task_model::classifier_loss(logits, b)
-            })?
-        }
+            })
+        })?,
         _ => {
             let loss = tch::autocast(autocast, || task_model::batch_loss(net, batch, true))?;
             let value = scalar(loss.shallow_clone())?;

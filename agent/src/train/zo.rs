@@ -30,9 +30,11 @@ pub fn perturb(params: &[(String, Tensor)], seed: u64, scale: f64) -> Result<()>
     tch::manual_seed(torch_seed(seed));
     tch::no_grad(|| -> Result<()> {
         for (_, p) in params {
-            let z = direction(p)?;
+            // Scale z in place: one parameter-sized temporary, not two.
+            let mut z = direction(p)?;
+            let _ = z.f_mul_scalar_(scale)?;
             let mut p = p.shallow_clone();
-            let _ = p.f_add_(&z.f_mul_scalar(scale)?)?;
+            let _ = p.f_add_(&z)?;
         }
         Ok(())
     })
@@ -43,12 +45,13 @@ pub fn update(params: &[(String, Tensor)], seed: u64, projected_grad: f64, lr: f
     tch::manual_seed(torch_seed(seed));
     tch::no_grad(|| -> Result<()> {
         for (name, p) in params {
-            let z = direction(p)?;
+            let mut z = direction(p)?;
+            let _ = z.f_mul_scalar_(-lr * projected_grad)?;
             let mut p = p.shallow_clone();
             if weight_decay > 0.0 && decays(name, &p.size()) {
                 let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
             }
-            let _ = p.f_add_(&z.f_mul_scalar(-lr * projected_grad)?)?;
+            let _ = p.f_add_(&z)?;
         }
         Ok(())
     })
