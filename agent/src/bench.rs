@@ -289,7 +289,7 @@ impl Default for ZoOptArgs {
             ft_lr: 1e-5,
             ft_weight_decay: 0.0,
             grad_clip: 1.0,
-            dizo: DizoSettings { interval: 50, inner_iters: 10, eps_gamma: 0.1, step_gamma: 2.0, clip_tau: 0.2 },
+            dizo: DizoSettings { interval: 50, inner_iters: 10, eps_gamma: 0.1, step_gamma: 2.0, clip_tau: 0.2, anchors_on_host: false },
             dizo_rounds: 1,
             seed: 0,
         }
@@ -873,7 +873,8 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
         if let Some(o) = &adam {
             tensors.extend(o.state_tensors());
         }
-        if let Some(d) = &dizo {
+        // Host-kept anchors (`--dizo-anchors-on-host`) are off the device by design.
+        if let Some(d) = dizo.as_ref().filter(|d| !d.anchors_on_host()) {
             tensors.extend(d.anchor_tensors());
         }
         tensors.extend(batches[0].tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
@@ -949,7 +950,7 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
             json!({
                 "forward_passes_per_step": 2.0 + 2.0 * f64::from(a.dizo.inner_iters) / kappa,
                 "zo_lr": a.zo_lr, "zo_eps": a.zo_eps,
-                "dizo_interval": a.dizo.interval, "dizo_inner_iters": a.dizo.inner_iters,
+                "dizo_interval": a.dizo.interval, "dizo_inner_iters": a.dizo.inner_iters, "dizo_anchors_on_host": a.dizo.anchors_on_host,
                 "mezo_step_seconds": mezo_step_seconds,
                 "mezo_step_seconds_all": w.seconds,
                 "mezo_peak_memory_bytes": w.peak,

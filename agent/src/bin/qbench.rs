@@ -133,6 +133,9 @@ enum Command {
         /// Timed projection rounds.
         #[arg(long, default_value_t = 1)]
         dizo_rounds: usize,
+        /// Keep DiZO's anchors in pinned host memory (`dizo.anchors_on_host`).
+        #[arg(long)]
+        dizo_anchors_on_host: bool,
     },
 }
 
@@ -164,7 +167,7 @@ fn run(cli: Cli) -> agent::Result<bench::Outcome> {
         }
         Command::ZoOpt {
             common, hidden, layers, heads, ffn, vocab, batch, candidates, seq, option_len, methods, weights, zo_lr,
-            zo_eps, ft_lr, grad_clip, dizo_interval, dizo_inner_iters, dizo_rounds,
+            zo_eps, ft_lr, grad_clip, dizo_interval, dizo_inner_iters, dizo_rounds, dizo_anchors_on_host,
         } => {
             let pinned = setup(&common)?;
             let defaults = bench::ZoOptArgs::default();
@@ -172,7 +175,12 @@ fn run(cli: Cli) -> agent::Result<bench::Outcome> {
                 hidden, layers, heads, ffn, vocab, batch, candidates, seq, option_len,
                 steps: common.steps, warmup: common.warmup, methods, precision: common.precision, weights,
                 zo_lr, zo_eps, ft_lr, grad_clip,
-                dizo: shared::scale::DizoSettings { interval: dizo_interval, inner_iters: dizo_inner_iters, ..defaults.dizo },
+                dizo: shared::scale::DizoSettings {
+                    interval: dizo_interval,
+                    inner_iters: dizo_inner_iters,
+                    anchors_on_host: dizo_anchors_on_host,
+                    ..defaults.dizo
+                },
                 dizo_rounds, seed: common.seed,
                 ..defaults
             };

@@ -348,7 +348,7 @@ fn spsa_restores_parameters_within_rounding() {
 // 3. DiZO's γ probe estimates Σ_l u_l · dL/dγ_l.
 
 fn dizo_settings(eps_gamma: f64) -> DizoSettings {
-    DizoSettings { interval: 1, inner_iters: 3, eps_gamma, step_gamma: 2.0, clip_tau: 0.2 }
+    DizoSettings { interval: 1, inner_iters: 3, eps_gamma, step_gamma: 2.0, clip_tau: 0.2, anchors_on_host: false }
 }
 
 /// With anchors θ⁰ (initial weights) and θ moved away from them, L(γ) = ℓ(θ⁰ +

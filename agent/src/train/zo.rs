@@ -99,8 +99,21 @@ pub struct Projected {
     pub name: String,
     /// The live parameter.
     pub param: Tensor,
-    /// θ⁰: the weights at the start of training (same device and dtype).
+    /// θ⁰: the weights at the start of training (same dtype; on the parameter's device,
+    /// or in pinned host memory with `anchors_on_host`).
     pub anchor: Tensor,
+}
+
+impl Projected {
+    /// The anchor on the parameter's device (a copy when it is kept in host memory).
+    fn anchor_on_device(&self) -> Result<Tensor> {
+        let device = self.param.device();
+        if self.anchor.device() == device {
+            Ok(self.anchor.shallow_clone())
+        } else {
+            Ok(self.anchor.f_to_device(device)?)
+        }
+    }
 }
 
 /// DiZO's state: anchors of the projected tensors.
@@ -127,10 +140,20 @@ fn norm(t: &Tensor) -> Result<f64> {
 impl Dizo {
     /// Anchors the projected tensors of `params` at their current values.
     pub fn new(params: &[(String, Tensor)], settings: DizoSettings) -> Result<Self> {
+        let offload = settings.anchors_on_host;
         let projected = params
             .iter()
             .filter(|(n, _)| is_projected(n))
-            .map(|(n, p)| Ok(Projected { name: n.clone(), param: p.shallow_clone(), anchor: p.f_detach()?.copy() }))
+            .map(|(n, p)| {
+                let anchor = match p.device() {
+                    tch::Device::Cuda(_) if offload => {
+                        // Pinned, so the per-tensor copies back to the GPU are fast DMA.
+                        p.f_detach()?.f_to_device(tch::Device::Cpu)?.f_pin_memory(p.device())?
+                    }
+                    _ => p.f_detach()?.copy(),
+                };
+                Ok(Projected { name: n.clone(), param: p.shallow_clone(), anchor })
+            })
             .collect::<Result<Vec<_>>>()?;
         if projected.is_empty() {
             return Err(Error::Unsupported("DiZO found no self_attn.k_proj/v_proj weights to project".into()));
@@ -140,7 +163,13 @@ impl Dizo {
 
     /// ‖θ_l − θ⁰_l‖ for every projected tensor.
     pub fn divergences(&self) -> Result<Vec<f64>> {
-        tch::no_grad(|| self.projected.iter().map(|p| norm(&p.param.f_sub(&p.anchor)?)).collect())
+        tch::no_grad(|| self.projected.iter().map(|p| norm(&p.param.f_sub(&p.anchor_on_device()?)?)).collect())
+    }
+
+    /// Whether the anchors are kept in host memory (they are then exempt from the
+    /// device-placement audit, by this setting).
+    pub fn anchors_on_host(&self) -> bool {
+        self.projected.first().is_some_and(|p| p.anchor.device() != p.param.device())
     }
 
     /// θ_l ← θ⁰_l + r_l·(θ_l − θ⁰_l) for ratios `r`, in place.
@@ -150,7 +179,7 @@ impl Dizo {
                 // Computed in fp32 at least: in fp16 the divide-back of `unapply` would
                 // leave a rounding residue (zo_methods.md §2.4).
                 let work = if p.param.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-                let anchor = p.anchor.f_to_kind(work)?;
+                let anchor = p.anchor_on_device()?.f_to_kind(work)?;
                 let delta = p.param.f_to_kind(work)?.f_sub(&anchor)?;
                 let new = anchor.f_add(&delta.f_mul_scalar(r)?)?.f_to_kind(p.param.kind())?;
                 let mut dst = p.param.shallow_clone();
