@@ -128,3 +128,8 @@ extern "C" int qsched_clip_grad_norm(void* const* grads, size_t n, double max_no
     return 1;
   }
 }
+
+// Drops autocast's cached low-precision copies of the weights. The reversible backward
+// calls it after each block: otherwise every layer's bf16 weight copies stay cached for
+// the whole step and grow memory with depth.
+extern "C" void qsched_autocast_clear_cache() { at::autocast::clear_cache(); }

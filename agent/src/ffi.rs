@@ -22,6 +22,7 @@ unsafe extern "C" {
     fn qsched_cuda_reset_peak(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_cuda_empty_cache(err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_set_cuda_autocast_bf16(err: *mut c_char, err_len: usize) -> c_int;
+    fn qsched_autocast_clear_cache();
     fn qsched_fused_adamw(
         params: *const *mut c_void,
         grads: *const *mut c_void,
@@ -90,6 +91,12 @@ pub fn cuda_empty_cache() -> Result<()> {
 pub fn set_cuda_autocast_bf16() -> Result<()> {
     // SAFETY: plain call with a message buffer.
     call(|err, len| unsafe { qsched_set_cuda_autocast_bf16(err, len) }).map_err(|e| Error::Device(e.to_string()))
+}
+
+/// Drops autocast's cached low-precision weight copies (a no-op outside autocast).
+pub fn autocast_clear_cache() {
+    // SAFETY: no arguments; at::autocast::clear_cache does not throw.
+    unsafe { qsched_autocast_clear_cache() }
 }
 
 /// Tensors of one fused AdamW call.

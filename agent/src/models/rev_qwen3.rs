@@ -76,6 +76,9 @@ impl RevQwen3Model {
             let h = self.inner.embed(&inputs.ids)?;
             self.streams(&h, &li)
         })?;
+        // Under autocast the forward cached a low-precision copy of every layer's
+        // weights; drop them so the backward holds one block's copies at a time.
+        crate::ffi::autocast_clear_cache();
 
         // 3. Head and loss with grad, on detached leaves: parameter gradients of the norm
         //    and head accumulate, and the leaves receive dL/dy1, dL/dy2.
@@ -114,6 +117,7 @@ impl RevQwen3Model {
             g2 = g2.f_add(&grad_or_zeros(&x2_leaf)?)?;
             g1 = g1_total;
             (y1, y2) = (x1, x2);
+            crate::ffi::autocast_clear_cache();
         }
 
         // 5. Both streams started as the embedding: dL/dh = dL/dx1 + dL/dx2.
