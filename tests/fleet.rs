@@ -164,3 +164,33 @@ async fn status_agents_cancel_and_retry() {
     fleet.qsched(&["cancel", &run]);
     fleet.wait_finished(&run, Duration::from_secs(120)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_returns_the_running_shard_to_the_queue() {
+    let fleet = Fleet::new("sigterm").await;
+    let spec = tiny_qwen3(vec![1], 400);
+    let run = scheduler::new_run_id();
+    let record = scheduler::submit(&spec, &run, fleet.broker(), &*fleet.store).await.unwrap();
+    let shard = record.shards[0].shard.clone();
+    let mut agent = fleet.agent(&[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fleet.in_state(&run, ShardState::Running).await.is_empty() {
+        assert!(Instant::now() < deadline, "the shard never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = agent.terminate(Duration::from_secs(60)).expect("agent did not stop within 60 s of SIGTERM");
+    assert!(status.success(), "agent exited with {status}");
+    // No result, state back to queued, and the message is in the queue for the next agent.
+    assert!(fleet.store.get_result(&run, &shard).await.unwrap().is_none());
+    assert_eq!(fleet.store.states(&run).await.unwrap()[&shard], ShardState::Queued);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.broker().queue_depth(DeviceClass::Cpu).await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the shard did not return to the queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another agent finishes it.
+    let _next = fleet.agent(&[]);
+    fleet.wait_finished(&run, Duration::from_secs(300)).await;
+    let result = fleet.store.get_result(&run, &shard).await.unwrap().expect("result");
+    assert_eq!(result.status, ShardState::Succeeded);
+}

@@ -59,6 +59,8 @@ impl Fleet {
             .env("QSCHED_REDIS_URL", redis_url())
             .env("QSCHED_PREFIX", &self.prefix)
             .env("QSCHED_DATA_DIR", data_dir())
+            // Child processes log to the test's terminal; keep it to warnings unless asked.
+            .env("RUST_LOG", std::env::var("QSCHED_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     }
 

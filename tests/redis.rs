@@ -343,3 +343,20 @@ async fn writes_issued_while_redis_restarts_succeed_once_it_is_back() {
     store.set_state("r", "s1", ShardState::Running).await.unwrap();
     assert_eq!(store.states("r").await.unwrap()["s1"], ShardState::Succeeded);
 }
+
+#[tokio::test]
+async fn results_round_trip_floats_exactly() {
+    let s = TestStore::new("floats").await;
+    let mut r = result("r1", "s1", "a");
+    // Values whose shortest decimal form a non-round-tripping float parser gets 1 ulp wrong.
+    for (i, v) in [0.47626670077443123_f64, 0.8038990825688074, 1.0 / 3.0, 2.0_f64.sqrt() * 1e-7, 6.02214076e23].into_iter().enumerate() {
+        r.metrics.insert(format!("m{i}"), v);
+    }
+    r.wall_seconds = 198.61234567890123;
+    assert!(s.put_result(&r).await.unwrap());
+    let back = s.get_result("r1", "s1").await.unwrap().unwrap();
+    for (k, v) in &r.metrics {
+        assert_eq!(back.metrics[k].to_bits(), v.to_bits(), "{k}: {v} came back as {}", back.metrics[k]);
+    }
+    assert_eq!(back.wall_seconds.to_bits(), r.wall_seconds.to_bits());
+}
