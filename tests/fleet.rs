@@ -13,13 +13,22 @@ use shared::store::Store;
 
 use crate::procs::{Fleet, text};
 
+/// `--set` overrides of the tiny qwen3 × SST-2 shards these tests run.
+fn overrides(steps: u32) -> Vec<String> {
+    vec![
+        format!("first_order.max_steps={steps}"),
+        format!("first_order.eval_every={steps}"),
+        "first_order.checkpoint_every=10".into(),
+    ]
+}
+
 fn tiny_qwen3(seeds: Vec<u64>, steps: u32) -> BenchmarkSpec {
     SpecInput {
         scale: Some("tiny".into()),
         models: Some(vec!["qwen3".into()]),
         tasks: Some(vec!["sst2".into()]),
         seeds: Some(seeds),
-        set: vec![format!("first_order.max_steps={steps}"), format!("first_order.eval_every={steps}")],
+        set: overrides(steps),
         ..Default::default()
     }
     .resolve()
@@ -34,8 +43,11 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     let record = scheduler::submit(&spec, &run, fleet.broker(), &*fleet.store).await.unwrap();
     assert_eq!(record.shard_count, 6);
 
-    let mut doomed = fleet.agent(&[]);
-    let survivor = fleet.agent(&[]);
+    // Both agents checkpoint to one shared folder, as agents on a fleet share storage.
+    let checkpoints = tempfile::tempdir().unwrap();
+    let ckpt = checkpoints.path().to_str().unwrap();
+    let mut doomed = fleet.agent(&["--checkpoint-dir", ckpt]);
+    let survivor = fleet.agent(&["--checkpoint-dir", ckpt]);
     // Kill the first agent once it is well into a shard (its heartbeat shows the step).
     let suffix = format!(":{}", doomed.pid());
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -71,6 +83,31 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert!(redone.attempt >= 2, "killed shard finished on attempt {}", redone.attempt);
     assert!(!redone.agent.ends_with(&suffix), "finished by {}", redone.agent);
     assert!(fleet.store.attempts(&run).await.unwrap()[&killed_shard] >= 2);
+    // It resumed from the checkpoint the killed agent wrote (every 10 steps, killed at
+    // step 20 or later) ...
+    let resumed = redone.resumed_from_step.expect("the redelivered shard resumed from a checkpoint");
+    assert!(resumed >= 20 && resumed % 10 == 0, "resumed from step {resumed}");
+    // ... and ended exactly where an uninterrupted run of the same shard ends.
+    let seed = redone.seed.to_string();
+    let mut args = vec!["submit", "--local", "--scale", "tiny", "--models", "qwen3", "--tasks", "sst2", "--seeds", &seed];
+    let sets = overrides(150);
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let data = crate::procs::data_dir();
+    args.extend(["--threads", "1", "--format", "json", "--data-dir", data.to_str().unwrap()]);
+    let out = fleet.qsched(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let local: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let local = &local.as_array().unwrap()[0];
+    assert_eq!(local["shard"], redone.shard.as_str(), "same spec, same shard id");
+    assert_eq!(local["resumed_from_step"], serde_json::Value::Null);
+    assert_eq!(local["metrics"], serde_json::to_value(&redone.metrics).unwrap(), "resumed run differs from an uninterrupted one");
+    assert_eq!(local["config"]["evaluations"], redone.config["evaluations"]);
+    // Checkpoints of finished shards are removed once their results are stored.
+    let leftover: Vec<_> = std::fs::read_dir(checkpoints.path().join(&run)).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(leftover.is_empty(), "checkpoints left behind: {leftover:?}");
     // Exactly one result key per shard in Redis.
     let mut raw = fleet.store.raw().await;
     let pattern = format!("{}:{{run:{run}}}:result:*", fleet.prefix);

@@ -4,8 +4,9 @@
 //!
 //! Expansion order is models × tasks × seeds, in the order the spec lists them. A shard
 //! id is the first 16 hex digits of the sha256 of the shard's canonical JSON without its
-//! run id, so the same spec always yields the same shard ids, and two runs of one spec
-//! can be compared shard by shard.
+//! run id and position, so the same spec always yields the same shard ids, the same
+//! model × task × seed × settings has the same id in any matrix, and runs can be compared
+//! shard by shard.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -100,10 +101,12 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
                 };
                 let train = if model.is_zeroth_order() { p.zeroth_order.clone() } else { p.first_order.clone() };
                 let dizo = (model == shared::ModelId::DizoOpt).then(|| p.dizo.clone());
+                // Run id, shard id and index are filled in after hashing: the id names the
+                // work (model, task, seed, settings) wherever it appears in a matrix.
                 let mut shard = Shard {
                     run_id: String::new(),
                     shard_id: String::new(),
-                    index: shards.len() as u32,
+                    index: 0,
                     model,
                     task,
                     seed,
@@ -117,6 +120,7 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
                 };
                 shard.shard_id = sha256_hex(&serde_json::to_vec(&shard).unwrap_or_default())[..16].to_owned();
                 shard.run_id = run_id.to_owned();
+                shard.index = shards.len() as u32;
                 shards.push(shard);
             }
         }
@@ -315,6 +319,12 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
         assert!(ids.iter().all(|i| i.len() == 16 && i.chars().all(|c| c.is_ascii_hexdigit())));
+        // A shard's id does not depend on the rest of the matrix.
+        let mut alone = spec();
+        alone.seeds = vec![3];
+        alone.models = vec![shared::ModelId::DizoOpt];
+        alone.tasks = vec![TaskId::Rte];
+        assert_eq!(expand(&alone, "r9")[0].shard_id, a[11].shard_id);
         // Changing a setting changes the ids.
         let mut other = spec();
         other.preset.first_order.max_steps += 1;

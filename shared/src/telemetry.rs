@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -45,13 +45,10 @@ pub fn otlp_configured() -> bool {
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
-fn provider_with(service: &str, exporter: Option<Box<dyn FnOnce(opentelemetry_sdk::trace::TracerProviderBuilder) -> opentelemetry_sdk::trace::TracerProviderBuilder>>) -> SdkTracerProvider {
+/// A tracer-provider builder for `service` (no exporter yet).
+fn provider_builder(service: &str) -> TracerProviderBuilder {
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(add) = exporter {
-        builder = add(builder);
-    }
-    builder.build()
+    SdkTracerProvider::builder().with_resource(resource)
 }
 
 /// Installs logging and tracing for a process named `service`.
@@ -60,26 +57,21 @@ fn provider_with(service: &str, exporter: Option<Box<dyn FnOnce(opentelemetry_sd
 /// `"warn"` for the CLI, whose stdout is for results). Safe to call once per process;
 /// a second call leaves the first subscriber in place.
 pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
-    let exporter: Option<Box<dyn FnOnce(_) -> _>> = if otlp_configured() {
+    let mut builder = provider_builder(service);
+    if otlp_configured() {
         match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
-            Ok(exp) => Some(Box::new(move |b: opentelemetry_sdk::trace::TracerProviderBuilder| b.with_batch_exporter(exp))),
-            Err(e) => {
-                eprintln!("warning: OTLP exporter not started: {e}");
-                None
-            }
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            // Tracing still works locally (trace ids, propagation); only export is off.
+            Err(e) => eprintln!("warning: OTLP exporter not started: {e}"),
         }
-    } else {
-        None
-    };
-    let provider = provider_with(service, exporter);
-    install(service, default_filter, provider)
+    }
+    install(service, default_filter, builder.build())
 }
 
 /// Like [`init`] but exporting every span synchronously to `exporter` (tests use an
 /// in-memory exporter to check trace propagation).
 pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, default_filter: &str, exporter: E) -> TelemetryGuard {
-    let provider = provider_with(service, Some(Box::new(move |b: opentelemetry_sdk::trace::TracerProviderBuilder| b.with_simple_exporter(exporter))));
-    install(service, default_filter, provider)
+    install(service, default_filter, provider_builder(service).with_simple_exporter(exporter).build())
 }
 
 fn install(service: &str, default_filter: &str, provider: SdkTracerProvider) -> TelemetryGuard {
