@@ -29,6 +29,11 @@ use shared::{DeviceSpec, wire};
 use crate::error::{Error, Result};
 use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEvent, WorkerRequest};
 
+/// First wait before consuming again after the broker connection was lost.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts (the agent keeps trying until shutdown).
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -146,6 +151,7 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat_loop(cfg.clone(), store.clone(), live.clone(), started_at));
     let mut stats = AgentStats::default();
     tokio::pin!(shutdown);
+    let mut backoff = RECONNECT_MIN;
     let result = loop {
         if cfg.max_shards.is_some_and(|m| stats.finished + stats.duplicates >= m) {
             break Ok(());
@@ -154,21 +160,45 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             next = consumer.next() => next,
         };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(Error::Shared(e)),
-            None => {
-                break Err(Error::Shared(shared::Error::Broker {
-                    url: String::new(),
-                    message: "the broker closed the consumer".into(),
-                    transient: true,
-                }));
+        let lost = match next {
+            Some(Ok(delivery)) => {
+                backoff = RECONNECT_MIN;
+                match handle_delivery(&cfg, broker.as_ref(), store.as_ref(), &live, delivery, &mut stats, &mut shutdown)
+                    .await
+                {
+                    Ok(Flow::Continue) => continue,
+                    Ok(Flow::Stop) => break Ok(()),
+                    // A dropped connection while settling: the broker requeues the
+                    // delivery, and a stored result makes the redelivery a no-op.
+                    Err(e) if e.is_retryable() => e.to_string(),
+                    Err(e) => break Err(e),
+                }
             }
+            Some(Err(e)) if e.is_transient() => e.to_string(),
+            Some(Err(e)) => break Err(Error::Shared(e)),
+            None => "the broker closed the consumer".to_owned(),
         };
-        match handle_delivery(&cfg, broker.as_ref(), store.as_ref(), &live, delivery, &mut stats, &mut shutdown).await {
-            Ok(Flow::Continue) => {}
-            Ok(Flow::Stop) => break Ok(()),
-            Err(e) => break Err(e),
+        // The connection (or channel) is gone: consume again once the broker is back.
+        warn!(error = %lost, "consumer lost; reconnecting");
+        let mut reconnected = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            match broker.consume(cfg.device.class(), &cfg.agent_id).await {
+                Ok(c) => {
+                    info!("consuming again");
+                    reconnected = Some(c);
+                    break;
+                }
+                Err(e) => warn!(error = %e, retry_in = ?backoff, "reconnect failed"),
+            }
+        }
+        match reconnected {
+            Some(c) => consumer = c,
+            None => break Ok(()),
         }
     };
     heartbeat.abort();
@@ -644,5 +674,90 @@ fn success_result(
         config: o.config,
         resumed_from_step: o.resumed_from_step,
         ..base_result(cfg, shard, attempt, started_at, traceparent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use shared::broker::{DeadLetter, MemoryBroker, OutgoingMessage, ShardConsumer};
+    use shared::store::MemoryStore;
+    use shared::{DeviceClass, Result as SharedResult};
+
+    use super::*;
+
+    /// A broker whose first consumer dies at once, like a connection that drops.
+    struct Flaky {
+        inner: MemoryBroker,
+        consumes: AtomicU32,
+    }
+
+    struct Dead;
+
+    #[async_trait]
+    impl ShardConsumer for Dead {
+        async fn next(&mut self) -> Option<SharedResult<Delivery>> {
+            None
+        }
+    }
+
+    #[async_trait]
+    impl Broker for Flaky {
+        async fn declare(&self) -> SharedResult<()> {
+            self.inner.declare().await
+        }
+        async fn publish(&self, messages: Vec<OutgoingMessage>) -> SharedResult<()> {
+            self.inner.publish(messages).await
+        }
+        async fn consume(&self, class: DeviceClass, tag: &str) -> SharedResult<Box<dyn ShardConsumer>> {
+            if self.consumes.fetch_add(1, Ordering::SeqCst) == 0 {
+                Ok(Box::new(Dead))
+            } else {
+                self.inner.consume(class, tag).await
+            }
+        }
+        async fn dead_letter(&self, body: Vec<u8>, headers: BTreeMap<String, String>, reason: &str) -> SharedResult<()> {
+            self.inner.dead_letter(body, headers, reason).await
+        }
+        async fn dead_letters(&self, limit: usize) -> SharedResult<Vec<DeadLetter>> {
+            self.inner.dead_letters(limit).await
+        }
+        async fn take_dead_letters(&self, prefix: &str) -> SharedResult<Vec<DeadLetter>> {
+            self.inner.take_dead_letters(prefix).await
+        }
+        async fn queue_depth(&self, class: DeviceClass) -> SharedResult<u64> {
+            self.inner.queue_depth(class).await
+        }
+    }
+
+    #[tokio::test]
+    async fn reconnects_after_losing_the_consumer_and_acks_finished_redeliveries() {
+        let inner = MemoryBroker::default();
+        let store = Arc::new(MemoryStore::new());
+        let shard = shared::wire::sample_shard();
+        let mut cfg = AgentConfig::new(DeviceSpec::Cpu, PathBuf::from("/nonexistent")).unwrap();
+        cfg.max_shards = Some(1);
+        // The shard already finished (its agent died between storing and acking).
+        let done = failure_result(&cfg, &shard, 1, ShardState::Succeeded, "stored before the crash", 0.0, None);
+        assert!(store.put_result(&done).await.unwrap());
+        inner
+            .publish(vec![OutgoingMessage {
+                class: DeviceClass::Cpu,
+                message_id: format!("{}:{}", shard.run_id, shard.shard_id),
+                body: wire::encode_shard(&shard).unwrap(),
+                headers: BTreeMap::new(),
+            }])
+            .await
+            .unwrap();
+        let broker = Arc::new(Flaky { inner: inner.clone(), consumes: AtomicU32::new(0) });
+        let stats = tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), store, std::future::pending()))
+            .await
+            .expect("agent stopped in time")
+            .unwrap();
+        assert!(broker.consumes.load(Ordering::SeqCst) >= 2, "it consumed again");
+        assert_eq!(stats.duplicates, 1, "the redelivery was acked without running");
+        assert_eq!(inner.outstanding(), 0);
     }
 }
