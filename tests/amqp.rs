@@ -68,9 +68,13 @@ async fn declare_is_idempotent_and_reads_the_server_version() {
 #[tokio::test]
 async fn publish_with_confirms_then_consume_and_ack() {
     let b = TestBroker::new("roundtrip").await;
-    b.publish(vec![message(DeviceClass::Cpu, "r:1"), message(DeviceClass::Cuda, "r:2"), message(DeviceClass::Cpu, "r:3")])
-        .await
-        .unwrap();
+    b.publish(vec![
+        message(DeviceClass::Cpu, "r:1"),
+        message(DeviceClass::Cuda, "r:2"),
+        message(DeviceClass::Cpu, "r:3"),
+    ])
+    .await
+    .unwrap();
     // publish returned after the confirms: the messages are in their queues already.
     assert_eq!(b.queue_depth(DeviceClass::Cpu).await.unwrap(), 2);
     assert_eq!(b.queue_depth(DeviceClass::Cuda).await.unwrap(), 1);
@@ -252,15 +256,20 @@ async fn dead_letter_listing_shows_reasons_and_keeps_the_messages() {
 #[tokio::test]
 async fn take_dead_letters_removes_only_the_matching_run() {
     let b = TestBroker::new("dlqtake").await;
-    b.publish(vec![message(DeviceClass::Cpu, "r1:a"), message(DeviceClass::Cpu, "r2:b"), message(DeviceClass::Cpu, "r1:c")])
-        .await
-        .unwrap();
+    b.publish(vec![
+        message(DeviceClass::Cpu, "r1:a"),
+        message(DeviceClass::Cpu, "r2:b"),
+        message(DeviceClass::Cpu, "r1:c"),
+    ])
+    .await
+    .unwrap();
     let mut c = b.consume(DeviceClass::Cpu, "t").await.unwrap();
     for _ in 0..3 {
         next(&mut c).await.reject(false).await.unwrap();
     }
     assert_eq!(wait_for_dead_letters(&b, 3).await.len(), 3);
-    let mut taken: Vec<String> = b.take_dead_letters("r1:").await.unwrap().into_iter().filter_map(|d| d.message_id).collect();
+    let mut taken: Vec<String> =
+        b.take_dead_letters("r1:").await.unwrap().into_iter().filter_map(|d| d.message_id).collect();
     taken.sort();
     assert_eq!(taken, vec!["r1:a".to_owned(), "r1:c".to_owned()]);
     let left = b.dead_letters(10).await.unwrap();
@@ -277,7 +286,11 @@ async fn unroutable_publish_is_not_confirmed() {
     ch.queue_delete(b.shard_queue(DeviceClass::Cuda).as_str().into(), Default::default()).await.unwrap();
 
     let err = b
-        .publish(vec![message(DeviceClass::Cpu, "ok"), message(DeviceClass::Cuda, "lost"), message(DeviceClass::Cpu, "ok2")])
+        .publish(vec![
+            message(DeviceClass::Cpu, "ok"),
+            message(DeviceClass::Cuda, "lost"),
+            message(DeviceClass::Cpu, "ok2"),
+        ])
         .await
         .unwrap_err();
     match &err {

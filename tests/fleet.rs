@@ -53,12 +53,12 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     let deadline = Instant::now() + Duration::from_secs(240);
     let killed_shard = loop {
         let agents = fleet.store.agents().await.unwrap();
-        if let Some(a) = agents.iter().find(|a| a.agent.ends_with(&suffix)) {
-            if let (Some((r, s)), Some(step)) = (&a.current, a.step) {
-                if r == &run && step >= 20 {
-                    break s.clone();
-                }
-            }
+        if let Some(a) = agents.iter().find(|a| a.agent.ends_with(&suffix))
+            && let (Some((r, s)), Some(step)) = (&a.current, a.step)
+            && r == &run
+            && step >= 20
+        {
+            break s.clone();
         }
         assert!(Instant::now() < deadline, "the first agent never got 20 steps into a shard");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,7 +89,8 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert!(resumed >= 20 && resumed % 10 == 0, "resumed from step {resumed}");
     // ... and ended exactly where an uninterrupted run of the same shard ends.
     let seed = redone.seed.to_string();
-    let mut args = vec!["submit", "--local", "--scale", "tiny", "--models", "qwen3", "--tasks", "sst2", "--seeds", &seed];
+    let mut args =
+        vec!["submit", "--local", "--scale", "tiny", "--models", "qwen3", "--tasks", "sst2", "--seeds", &seed];
     let sets = overrides(150);
     for s in &sets {
         args.extend(["--set", s.as_str()]);
@@ -103,10 +104,15 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     let local = &local.as_array().unwrap()[0];
     assert_eq!(local["shard"], redone.shard.as_str(), "same spec, same shard id");
     assert_eq!(local["resumed_from_step"], serde_json::Value::Null);
-    assert_eq!(local["metrics"], serde_json::to_value(&redone.metrics).unwrap(), "resumed run differs from an uninterrupted one");
+    assert_eq!(
+        local["metrics"],
+        serde_json::to_value(&redone.metrics).unwrap(),
+        "resumed run differs from an uninterrupted one"
+    );
     assert_eq!(local["config"]["evaluations"], redone.config["evaluations"]);
     // Checkpoints of finished shards are removed once their results are stored.
-    let leftover: Vec<_> = std::fs::read_dir(checkpoints.path().join(&run)).map(|d| d.flatten().collect()).unwrap_or_default();
+    let leftover: Vec<_> =
+        std::fs::read_dir(checkpoints.path().join(&run)).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(leftover.is_empty(), "checkpoints left behind: {leftover:?}");
     // Exactly one result key per shard in Redis.
     let mut raw = fleet.store.raw().await;
@@ -123,7 +129,19 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 6);
     for row in rows {
-        for key in ["run", "shard", "model", "task", "seed", "scale", "device", "status", "metrics", "peak_memory_bytes", "wall_seconds"] {
+        for key in [
+            "run",
+            "shard",
+            "model",
+            "task",
+            "seed",
+            "scale",
+            "device",
+            "status",
+            "metrics",
+            "peak_memory_bytes",
+            "wall_seconds",
+        ] {
             assert!(row.get(key).is_some(), "missing {key} in {row}");
         }
         assert_eq!(row["device"], "cpu");

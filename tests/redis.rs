@@ -179,7 +179,8 @@ async fn set_state_never_downgrades_a_terminal_state() {
 async fn a_wrongtype_error_is_permanent_and_not_retried() {
     let s = TestStore::new("wrongtype").await;
     let mut raw = s.raw().await;
-    let _: () = redis::cmd("SET").arg(s.keys().shard_states("r")).arg("not a hash").query_async(&mut raw).await.unwrap();
+    let _: () =
+        redis::cmd("SET").arg(s.keys().shard_states("r")).arg("not a hash").query_async(&mut raw).await.unwrap();
     let started = Instant::now();
     let err = s.set_state("r", "a", ShardState::Running).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
@@ -309,8 +310,11 @@ async fn writes_issued_while_redis_restarts_succeed_once_it_is_back() {
 
     // Down for longer than the retry budget: a clear transient error after 3 tries.
     server.kill();
-    let impatient =
-        store.with_retry(RetryPolicy { attempts: 3, initial_delay: Duration::from_millis(20), max_delay: Duration::from_millis(50) });
+    let impatient = store.with_retry(RetryPolicy {
+        attempts: 3,
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(50),
+    });
     let started = Instant::now();
     let err = impatient.is_cancelled("r").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
@@ -349,7 +353,10 @@ async fn results_round_trip_floats_exactly() {
     let s = TestStore::new("floats").await;
     let mut r = result("r1", "s1", "a");
     // Values whose shortest decimal form a non-round-tripping float parser gets 1 ulp wrong.
-    for (i, v) in [0.47626670077443123_f64, 0.8038990825688074, 1.0 / 3.0, 2.0_f64.sqrt() * 1e-7, 6.02214076e23].into_iter().enumerate() {
+    for (i, v) in [0.47626670077443123_f64, 0.8038990825688074, 1.0 / 3.0, 2.0_f64.sqrt() * 1e-7, 6.02214076e23]
+        .into_iter()
+        .enumerate()
+    {
         r.metrics.insert(format!("m{i}"), v);
     }
     r.wall_seconds = 198.61234567890123;

@@ -39,7 +39,10 @@ async fn submit_and_agent_spans_share_one_trace() {
 
     let spans = exporter.get_finished_spans().unwrap();
     let find = |name: &str| {
-        spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()))
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()))
     };
     let submit = find("submit");
     let trace = submit.span_context.trace_id();

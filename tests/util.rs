@@ -104,11 +104,7 @@ impl TestStore {
 
     /// A plain connection for inspecting raw keys.
     pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.config.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis::Client::open(self.config.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 }
 

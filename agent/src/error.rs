@@ -127,7 +127,9 @@ impl Error {
 
 /// True for libtorch's out-of-memory messages (CUDA and CPU allocators).
 pub fn is_out_of_memory(message: &str) -> bool {
-    message.contains("out of memory") || message.contains("OutOfMemoryError") || message.contains("DefaultCPUAllocator: can't allocate")
+    message.contains("out of memory")
+        || message.contains("OutOfMemoryError")
+        || message.contains("DefaultCPUAllocator: can't allocate")
 }
 
 #[cfg(test)]

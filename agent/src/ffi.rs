@@ -77,7 +77,8 @@ pub fn cuda_memory_stats(device: usize) -> Result<(i64, i64, i64)> {
 /// Starts a new peak window of the CUDA caching allocator.
 pub fn cuda_reset_peak(device: usize) -> Result<()> {
     // SAFETY: plain call with a message buffer.
-    call(|err, len| unsafe { qsched_cuda_reset_peak(device as c_int, err, len) }).map_err(|e| Error::Device(e.to_string()))
+    call(|err, len| unsafe { qsched_cuda_reset_peak(device as c_int, err, len) })
+        .map_err(|e| Error::Device(e.to_string()))
 }
 
 /// Returns the CUDA caching allocator's unused cached blocks to the driver
@@ -121,11 +122,30 @@ pub fn fused_adamw(group: &AdamGroup<'_>, lr: f64, beta1: f64, beta2: f64, weigh
         return Ok(());
     }
     let grads: Vec<&Tensor> = group.grads.iter().collect();
-    let (p, g, m, v, s) =
-        (handles(&group.params), handles(&grads), handles(&group.exp_avgs), handles(&group.exp_avg_sqs), handles(&group.steps));
+    let (p, g, m, v, s) = (
+        handles(&group.params),
+        handles(&grads),
+        handles(&group.exp_avgs),
+        handles(&group.exp_avg_sqs),
+        handles(&group.steps),
+    );
     // SAFETY: five arrays of `n` live tensor handles; the tensors outlive the call.
     call(|err, len| unsafe {
-        qsched_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, lr, beta1, beta2, weight_decay, eps, err, len)
+        qsched_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            s.as_ptr(),
+            n,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+            err,
+            len,
+        )
     })
 }
 

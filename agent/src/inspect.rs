@@ -83,7 +83,9 @@ fn int_matrix(path: &Path, json: &serde_json::Value, key: &str) -> Result<Option
         let vals = row
             .iter()
             .enumerate()
-            .map(|(t, x)| x.as_i64().ok_or_else(|| Error::data(path, format!("`{key}[{b}][{t}]` = {x} is not an integer"))))
+            .map(|(t, x)| {
+                x.as_i64().ok_or_else(|| Error::data(path, format!("`{key}[{b}][{t}]` = {x} is not an integer")))
+            })
             .collect::<Result<Vec<i64>>>()?;
         out.push(vals);
     }
@@ -94,7 +96,10 @@ fn int_matrix(path: &Path, json: &serde_json::Value, key: &str) -> Result<Option
     if let Some(b) = out.iter().position(|r| r.len() != seq) {
         return Err(Error::data(
             path,
-            format!("`{key}` is ragged: row {b} has {} entries, row 0 has {seq} (pad rows and give an attention_mask)", out[b].len()),
+            format!(
+                "`{key}` is ragged: row {b} has {} entries, row 0 has {seq} (pad rows and give an attention_mask)",
+                out[b].len()
+            ),
         ));
     }
     Ok(Some(out))
@@ -129,7 +134,8 @@ pub fn run(model_dir: &Path, tokens: Option<&Path>, device: Device, out: &mut dy
             serde_json::json!({ "architecture": model.architecture().as_str(), "logits": nested(&logits)? })
         }
     };
-    let text = serde_json::to_string(&json).map_err(|e| Error::Unsupported(format!("output does not serialize: {e}")))?;
+    let text =
+        serde_json::to_string(&json).map_err(|e| Error::Unsupported(format!("output does not serialize: {e}")))?;
     writeln!(out, "{text}").map_err(|e| Error::io("<output>", e))
 }
 
@@ -140,7 +146,8 @@ fn nested(t: &Tensor) -> Result<serde_json::Value> {
     let value = match size.as_slice() {
         [_, n] => serde_json::json!(flat.chunks(*n as usize).collect::<Vec<_>>()),
         [_, t1, n] => {
-            let rows: Vec<Vec<&[f32]>> = flat.chunks((*t1 * *n) as usize).map(|b| b.chunks(*n as usize).collect()).collect();
+            let rows: Vec<Vec<&[f32]>> =
+                flat.chunks((*t1 * *n) as usize).map(|b| b.chunks(*n as usize).collect()).collect();
             serde_json::json!(rows)
         }
         other => return Err(Error::Unsupported(format!("cannot print logits of shape {other:?}"))),
@@ -161,7 +168,11 @@ mod tests {
     #[test]
     fn tokens_file_is_validated() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = write(dir.path(), "ok.json", r#"{"input_ids": [[5, 6, 0], [7, 8, 9]], "attention_mask": [[1, 1, 0], [1, 1, 1]]}"#);
+        let ok = write(
+            dir.path(),
+            "ok.json",
+            r#"{"input_ids": [[5, 6, 0], [7, 8, 9]], "attention_mask": [[1, 1, 0], [1, 1, 1]]}"#,
+        );
         let b = TokenBatch::read(&ok, 10).unwrap();
         assert_eq!(b.attention_mask, vec![vec![1, 1, 0], vec![1, 1, 1]]);
         let no_mask = write(dir.path(), "nm.json", r#"{"input_ids": [[5, 6], [7, 8]]}"#);

@@ -32,7 +32,12 @@ struct RunArgs {
     #[arg(long, required = true)]
     device: Option<DeviceSpec>,
     /// RabbitMQ URL.
-    #[arg(long, env = "QSCHED_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "QSCHED_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     amqp: String,
     /// Redis URL.
     #[arg(long, env = "QSCHED_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]

@@ -127,10 +127,12 @@ pub struct ShardOutcome {
 /// Writes one frame.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> Result<()> {
     let bytes = shared::wire::encode(value)?;
-    let len = u32::try_from(bytes.len()).map_err(|_| Error::Worker { message: "frame too large".into(), retryable: false })?;
-    out.write_all(&len.to_le_bytes()).and_then(|_| out.write_all(&bytes)).and_then(|_| out.flush()).map_err(|e| {
-        Error::Worker { message: format!("cannot write to the supervisor: {e}"), retryable: true }
-    })
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| Error::Worker { message: "frame too large".into(), retryable: false })?;
+    out.write_all(&len.to_le_bytes())
+        .and_then(|_| out.write_all(&bytes))
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::Worker { message: format!("cannot write to the supervisor: {e}"), retryable: true })
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.

@@ -327,7 +327,15 @@ async fn process_shard(
     let attempt = store.incr_attempt(&run, &id).await?;
     let started_at = unix_now();
     if store.is_cancelled(&run).await? {
-        let result = failure_result(cfg, &shard, attempt, ShardState::Cancelled, "run cancelled before start", started_at, traceparent);
+        let result = failure_result(
+            cfg,
+            &shard,
+            attempt,
+            ShardState::Cancelled,
+            "run cancelled before start",
+            started_at,
+            traceparent,
+        );
         store_result(store, &result).await?;
         delivery.ack().await?;
         stats.finished += 1;
@@ -367,7 +375,8 @@ async fn process_shard(
             info!(status = "succeeded", "shard stored and acked");
             if let Some(root) = &cfg.checkpoint_dir {
                 // The result is durable; the checkpoints are not needed any more.
-                if let Err(e) = crate::train::checkpoint::remove(&crate::train::checkpoint::shard_dir(root, &run, &id)) {
+                if let Err(e) = crate::train::checkpoint::remove(&crate::train::checkpoint::shard_dir(root, &run, &id))
+                {
                     warn!(error = %e, "could not remove the shard's checkpoints");
                 }
             }
@@ -394,7 +403,15 @@ async fn process_shard(
             Flow::Continue
         }
         WorkerEnd::Cancelled => {
-            let result = failure_result(cfg, &shard, attempt, ShardState::Cancelled, "run cancelled while running", started_at, traceparent);
+            let result = failure_result(
+                cfg,
+                &shard,
+                attempt,
+                ShardState::Cancelled,
+                "run cancelled while running",
+                started_at,
+                traceparent,
+            );
             store_result(store, &result).await?;
             delivery.ack().await?;
             stats.finished += 1;
@@ -495,7 +512,10 @@ async fn run_worker(
         let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
         bytes.extend_from_slice(&frame);
         if let Err(e) = s.write_all(&bytes).await {
-            return WorkerEnd::Failed { message: format!("cannot send the request to the worker: {e}"), retryable: true };
+            return WorkerEnd::Failed {
+                message: format!("cannot send the request to the worker: {e}"),
+                retryable: true,
+            };
         }
     }
     let Some(mut stdout) = child.stdout.take() else {
@@ -590,7 +610,13 @@ async fn relay_metrics(
     }
 }
 
-fn base_result(cfg: &AgentConfig, shard: &Shard, attempt: u32, started_at: f64, traceparent: Option<String>) -> ShardResult {
+fn base_result(
+    cfg: &AgentConfig,
+    shard: &Shard,
+    attempt: u32,
+    started_at: f64,
+    traceparent: Option<String>,
+) -> ShardResult {
     ShardResult {
         run: shard.run_id.clone(),
         shard: shard.shard_id.clone(),
@@ -718,7 +744,12 @@ mod tests {
                 self.inner.consume(class, tag).await
             }
         }
-        async fn dead_letter(&self, body: Vec<u8>, headers: BTreeMap<String, String>, reason: &str) -> SharedResult<()> {
+        async fn dead_letter(
+            &self,
+            body: Vec<u8>,
+            headers: BTreeMap<String, String>,
+            reason: &str,
+        ) -> SharedResult<()> {
             self.inner.dead_letter(body, headers, reason).await
         }
         async fn dead_letters(&self, limit: usize) -> SharedResult<Vec<DeadLetter>> {
@@ -752,10 +783,11 @@ mod tests {
             .await
             .unwrap();
         let broker = Arc::new(Flaky { inner: inner.clone(), consumes: AtomicU32::new(0) });
-        let stats = tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), store, std::future::pending()))
-            .await
-            .expect("agent stopped in time")
-            .unwrap();
+        let stats =
+            tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), store, std::future::pending()))
+                .await
+                .expect("agent stopped in time")
+                .unwrap();
         assert!(broker.consumes.load(Ordering::SeqCst) >= 2, "it consumed again");
         assert_eq!(stats.duplicates, 1, "the redelivery was acked without running");
         assert_eq!(inner.outstanding(), 0);

@@ -122,7 +122,10 @@ pub fn run(request: &WorkerRequest, sink: &mut dyn EventSink) -> Result<()> {
     let span = info_span!("shard.train", run = %shard.run_id, shard = %shard.shard_id, model = %shard.model,
         task = %shard.task, seed = shard.seed, device = %request.device, attempt = request.attempt);
     if let Some(tp) = &request.traceparent {
-        shared::telemetry::set_parent(&span, &std::collections::BTreeMap::from([("traceparent".to_owned(), tp.clone())]));
+        shared::telemetry::set_parent(
+            &span,
+            &std::collections::BTreeMap::from([("traceparent".to_owned(), tp.clone())]),
+        );
     }
     let _enter = span.enter();
     let started = Instant::now();

@@ -114,7 +114,9 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
     }
     let live: std::collections::BTreeSet<String> = agents.iter().map(|a| a.agent.clone()).collect();
     let mut running = Table::new();
-    running.load_preset(presets::UTF8_FULL_CONDENSED).set_header(["shard", "model", "task", "seed", "state", "step", "loss", "agent", "attempts"]);
+    running
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_header(["shard", "model", "task", "seed", "state", "step", "loss", "agent", "attempts"]);
     let mut any = false;
     for s in &record.shards {
         let state = states.get(&s.shard).copied().unwrap_or(ShardState::Queued);
@@ -168,8 +170,17 @@ pub async fn agents(store: &dyn Store, format: Format) -> Result<String> {
         return Ok("no live agents\n".into());
     }
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_header(["agent", "host", "device", "gpu", "current shard", "step", "last heartbeat", "shards done", "up"]);
+    t.load_preset(presets::UTF8_FULL_CONDENSED).set_header([
+        "agent",
+        "host",
+        "device",
+        "gpu",
+        "current shard",
+        "step",
+        "last heartbeat",
+        "shards done",
+        "up",
+    ]);
     let now = unix_now();
     for a in agents {
         t.add_row([
@@ -203,7 +214,13 @@ pub async fn runs(store: &dyn Store, limit: usize) -> Result<String> {
         let Some(r) = store.get_run(&id).await? else { continue };
         let states = store.states(&id).await?;
         let done = r.shards.iter().filter(|s| states.get(&s.shard).is_some_and(|st| st.is_terminal())).count();
-        t.add_row([id, r.name.clone(), r.shard_count.to_string(), done.to_string(), format!("{:.0} s ago", now - r.created_at)]);
+        t.add_row([
+            id,
+            r.name.clone(),
+            r.shard_count.to_string(),
+            done.to_string(),
+            format!("{:.0} s ago", now - r.created_at),
+        ]);
     }
     Ok(format!("{t}\n"))
 }
@@ -214,12 +231,7 @@ pub async fn dead_letters(store: &dyn Store, broker: &dyn Broker, limit: usize) 
     let recorded = store.dead_letter_records(limit).await?;
     let mut out = format!("{} message(s) in the dead-letter queue\n", queued.len());
     for d in &queued {
-        out.push_str(&format!(
-            "  {} ({} bytes): {}\n",
-            d.message_id.as_deref().unwrap_or("<no id>"),
-            d.size,
-            d.reason
-        ));
+        out.push_str(&format!("  {} ({} bytes): {}\n", d.message_id.as_deref().unwrap_or("<no id>"), d.size, d.reason));
     }
     if !recorded.is_empty() {
         out.push_str(&format!("{} dead letter(s) recorded by agents\n", recorded.len()));
@@ -259,7 +271,12 @@ pub fn scales() -> String {
             p.device_class.to_string(),
             format!(
                 "{} × {}, {}/{} × {}, {}",
-                q.num_hidden_layers, q.hidden_size, q.num_attention_heads, q.num_key_value_heads, q.head_dim, q.intermediate_size
+                q.num_hidden_layers,
+                q.hidden_size,
+                q.num_attention_heads,
+                q.num_key_value_heads,
+                q.head_dim,
+                q.intermediate_size
             ),
             format!("{:.1}M", q.classifier_parameters(2) as f64 / 1e6),
             format!(
@@ -269,7 +286,11 @@ pub fn scales() -> String {
                 o.num_attention_heads,
                 o.ffn_dim,
                 if o.do_layer_norm_before { "pre" } else { "post" },
-                if o.word_embed_proj_dim != o.hidden_size { format!(", proj {}", o.word_embed_proj_dim) } else { String::new() }
+                if o.word_embed_proj_dim != o.hidden_size {
+                    format!(", proj {}", o.word_embed_proj_dim)
+                } else {
+                    String::new()
+                }
             ),
             format!("{:.1}M", o.parameters() as f64 / 1e6),
             p.data.max_seq_len.to_string(),
@@ -277,7 +298,10 @@ pub fn scales() -> String {
             format!("{} × {}, {:e}", p.first_order.max_steps, p.first_order.batch_size, p.first_order.learning_rate),
             format!(
                 "{} × {}, {:e}, {:e}",
-                p.zeroth_order.max_steps, p.zeroth_order.batch_size, p.zeroth_order.learning_rate, p.zeroth_order.zo_eps
+                p.zeroth_order.max_steps,
+                p.zeroth_order.batch_size,
+                p.zeroth_order.learning_rate,
+                p.zeroth_order.zo_eps
             ),
         ]);
     }
@@ -338,7 +362,17 @@ pub async fn compare(
     if format == Format::Json {
         return Ok(serde_json::to_string_pretty(&rows)?);
     }
-    let headers = ["task", "model", "metric", "mean ± std", "n", &format!("Δ vs {baseline}"), "memory ×", "time ×", "peak memory"];
+    let headers = [
+        "task",
+        "model",
+        "metric",
+        "mean ± std",
+        "n",
+        &format!("Δ vs {baseline}"),
+        "memory ×",
+        "time ×",
+        "peak memory",
+    ];
     let fmt_row = |r: &serde_json::Value| -> Vec<String> {
         let f = |k: &str, d: usize| r[k].as_f64().map_or("—".into(), |v| format!("{v:.d$}"));
         vec![

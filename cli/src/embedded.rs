@@ -68,7 +68,11 @@ pub async fn run_local(
     let store = Arc::new(MemoryStore::new());
     let run_id = scheduler::new_run_id();
     scheduler::submit(spec, &run_id, broker.as_ref(), store.as_ref()).await?;
-    eprintln!("run {run_id}: {} shard(s) on {} local agent(s)", spec.models.len() * spec.tasks.len() * spec.seeds.len(), opts.devices.len());
+    eprintln!(
+        "run {run_id}: {} shard(s) on {} local agent(s)",
+        spec.models.len() * spec.tasks.len() * spec.seeds.len(),
+        opts.devices.len()
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut agents = Vec::new();

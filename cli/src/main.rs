@@ -26,10 +26,22 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct Conn {
     /// RabbitMQ URL.
-    #[arg(long, global = true, env = "QSCHED_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "QSCHED_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     amqp: String,
     /// Redis URL.
-    #[arg(long, global = true, env = "QSCHED_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "QSCHED_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     redis: String,
     /// Prefix of queue names and Redis keys.
     #[arg(long, global = true, env = "QSCHED_PREFIX", default_value = "qsched")]
@@ -204,7 +216,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let store = store(&conn).await?;
             let broker = broker(&conn).await.ok();
             loop {
-                let text = commands::status(&store, broker.as_ref().map(|b| b as &dyn shared::broker::Broker), &run).await?;
+                let text =
+                    commands::status(&store, broker.as_ref().map(|b| b as &dyn shared::broker::Broker), &run).await?;
                 print!("{text}");
                 let Some(secs) = watch else { return Ok(()) };
                 let record = commands::get_run(&store, &run).await?;
@@ -249,8 +262,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Retry { run, failed_only } => {
             let store = store(&conn).await?;
             let broker = broker(&conn).await?;
-            let selection =
-                if failed_only { scheduler::RetrySelection::FailedOnly } else { scheduler::RetrySelection::Unsuccessful };
+            let selection = if failed_only {
+                scheduler::RetrySelection::FailedOnly
+            } else {
+                scheduler::RetrySelection::Unsuccessful
+            };
             let ids = scheduler::retry(&run, selection, &broker, &store).await?;
             println!("run {run}: {} shard(s) published again", ids.len());
             Ok(())
@@ -305,7 +321,10 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
     let store = store(conn).await?;
     let run_id = scheduler::new_run_id();
     let record = scheduler::submit(&spec, &run_id, &broker, &store).await?;
-    eprintln!("submitted run {run_id}: {} shard(s) ({} on {} agents)", record.shard_count, spec.name, spec.device_class);
+    eprintln!(
+        "submitted run {run_id}: {} shard(s) ({} on {} agents)",
+        record.shard_count, spec.name, spec.device_class
+    );
     if args.wait {
         let bar = progress_bar(record.shard_count as usize);
         commands::wait_for_run(&store, &run_id, Duration::from_secs(1), |done, _, counts| {
@@ -328,7 +347,8 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
 async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Result<()> {
     use anyhow::Context;
     use cli::render;
-    let data_dir = args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
+    let data_dir =
+        args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
     spec.check_data(&data_dir)?;
     let exe = agent::supervisor::self_exe()?;
     let opts = cli::embedded::LocalOptions {

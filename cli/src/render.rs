@@ -79,11 +79,8 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     }
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n as f64;
-    let std = if n > 1 {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
-    } else {
-        0.0
-    };
+    let std =
+        if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt() } else { 0.0 };
     Some(Summary { mean, std, n })
 }
 
@@ -177,7 +174,8 @@ fn pm(s: Option<Summary>, digits: usize) -> String {
     }
 }
 
-const HEADERS: [&str; 9] = ["model", "task", "metric", "mean ± std", "n", "failed", "peak memory", "wall s", "tokens/s"];
+const HEADERS: [&str; 9] =
+    ["model", "task", "metric", "mean ± std", "n", "failed", "peak memory", "wall s", "tokens/s"];
 
 fn rows(aggs: &[Aggregate]) -> Vec<[String; 9]> {
     // (shown as "—" where the metric does not exist for a task)
@@ -233,11 +231,12 @@ pub fn render_results_by(results: &[ShardResult], format: Format, metric: Option
             out
         }
         Format::Csv => {
-            let mut out = String::from("model,task,metric,mean,std,n,failed,peak_memory_bytes,wall_seconds,tokens_per_second\n");
+            let mut out =
+                String::from("model,task,metric,mean,std,n,failed,peak_memory_bytes,wall_seconds,tokens_per_second\n");
             for a in aggregate_by(results, metric) {
-                let (mean, std, n) = a.primary.map_or((String::new(), String::new(), 0), |s| {
-                    (format!("{}", s.mean), format!("{}", s.std), s.n)
-                });
+                let (mean, std, n) = a
+                    .primary
+                    .map_or((String::new(), String::new(), 0), |s| (format!("{}", s.mean), format!("{}", s.std), s.n));
                 out.push_str(&format!(
                     "{},{},{},{},{},{},{},{},{},{}\n",
                     a.model,
@@ -345,7 +344,19 @@ mod tests {
         let json: Value = serde_json::from_str(&render_results(&rs, Format::Json)).unwrap();
         let arr = json.as_array().unwrap();
         assert_eq!(arr.len(), 2);
-        for key in ["run", "shard", "model", "task", "seed", "scale", "device", "status", "metrics", "peak_memory_bytes", "wall_seconds"] {
+        for key in [
+            "run",
+            "shard",
+            "model",
+            "task",
+            "seed",
+            "scale",
+            "device",
+            "status",
+            "metrics",
+            "peak_memory_bytes",
+            "wall_seconds",
+        ] {
             assert!(arr[0].get(key).is_some(), "missing {key}");
         }
         assert_eq!(arr[0]["metrics"]["accuracy"], 0.8);

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use tracing::{info, info_span, Instrument};
+use tracing::{Instrument, info, info_span};
 
 use shared::broker::{Broker, OutgoingMessage};
 use shared::shard::{ModelArch, RunRecord, Shard, ShardState, ShardSummary, unix_now};
@@ -173,13 +173,9 @@ fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
 /// The record is written first so that an agent that picks a shard up at once finds
 /// its run; if publishing fails the run stays recorded with every shard `queued`, and
 /// `retry` can publish it again.
-pub async fn submit(
-    spec: &BenchmarkSpec,
-    run_id: &str,
-    broker: &dyn Broker,
-    store: &dyn Store,
-) -> Result<RunRecord> {
-    let span = info_span!("submit", otel.kind = "producer", run = %run_id, name = %spec.name, scale = %spec.preset.name);
+pub async fn submit(spec: &BenchmarkSpec, run_id: &str, broker: &dyn Broker, store: &dyn Store) -> Result<RunRecord> {
+    let span =
+        info_span!("submit", otel.kind = "producer", run = %run_id, name = %spec.name, scale = %spec.preset.name);
     async {
         let shards = expand(spec, run_id);
         let record = run_record(spec, run_id, &shards, shared::telemetry::traceparent(&tracing::Span::current()));
@@ -275,9 +271,9 @@ pub async fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::broker::MemoryBroker;
     use shared::spec::SpecInput;
     use shared::store::MemoryStore;
-    use shared::broker::MemoryBroker;
     use shared::{DeviceClass, ModelId, TaskId};
 
     fn spec() -> BenchmarkSpec {
@@ -370,7 +366,10 @@ mod tests {
         let again = retry("r1", RetrySelection::Unsuccessful, &broker, &store).await.unwrap();
         assert_eq!(again, vec![ids[2].clone()]);
         assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 14);
-        assert!(matches!(retry("nope", RetrySelection::Unsuccessful, &broker, &store).await, Err(Error::UnknownRun(_))));
+        assert!(matches!(
+            retry("nope", RetrySelection::Unsuccessful, &broker, &store).await,
+            Err(Error::UnknownRun(_))
+        ));
     }
 
     #[tokio::test]

@@ -53,9 +53,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -389,7 +389,10 @@ impl AmqpBroker {
         // RabbitMQ dead-letters a message once it has been returned *more* than
         // x-delivery-limit times; MemoryBroker (and our docs) count the failed deliveries
         // themselves, so "dead after N failures" is a broker limit of N - 1.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(i32::try_from(self.config.delivery_limit - 1).unwrap_or(i32::MAX)));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(self.config.delivery_limit - 1).unwrap_or(i32::MAX)),
+        );
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_letter_exchange().into()));
         // At-least-once dead-lettering (RabbitMQ ≥ 3.10): the source queue keeps a message
         // until the dead-letter queue has confirmed it, so a poison shard is never lost on
@@ -759,7 +762,9 @@ impl AmqpAcker {
             Ok(true) => return Ok(()),
             // lapin answers false when the channel is gone: the broker has already put the
             // message back (or will), so the caller must not believe it was settled.
-            Ok(false) => format!("{what} on {}: the channel closed first; the broker redelivers the message", self.queue),
+            Ok(false) => {
+                format!("{what} on {}: the channel closed first; the broker redelivers the message", self.queue)
+            }
             Err(e) => format!("{what} on {}: {e}", self.queue),
         };
         Err(Error::Broker { url: self.safe_url.clone(), message, transient: true })
@@ -804,7 +809,9 @@ impl Drop for AmqpAcker {
                     }
                 });
             }
-            Err(_) => warn!(queue = %self.queue, "delivery dropped outside a runtime; it returns when its channel closes"),
+            Err(_) => {
+                warn!(queue = %self.queue, "delivery dropped outside a runtime; it returns when its channel closes")
+            }
         }
     }
 }
@@ -813,8 +820,9 @@ impl Drop for AmqpAcker {
 // Helpers.
 
 fn short(s: &str) -> Result<ShortString> {
-    ShortString::try_new(s)
-        .map_err(|_| Error::invalid("AMQP name", format!("{} bytes exceed the 255-byte limit of AMQP short strings", s.len())))
+    ShortString::try_new(s).map_err(|_| {
+        Error::invalid("AMQP name", format!("{} bytes exceed the 255-byte limit of AMQP short strings", s.len()))
+    })
 }
 
 fn header_table(headers: &BTreeMap<String, String>, extra: Option<(&str, &str)>) -> Result<FieldTable> {

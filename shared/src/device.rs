@@ -44,9 +44,8 @@ impl FromStr for DeviceSpec {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = |why: &str| {
-            Error::invalid("device", format!("'{s}' {why}; expected 'cpu' or 'cuda:N' (e.g. cuda:0)"))
-        };
+        let bad =
+            |why: &str| Error::invalid("device", format!("'{s}' {why}; expected 'cpu' or 'cuda:N' (e.g. cuda:0)"));
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Err(bad("has no device ordinal")),

@@ -209,7 +209,10 @@ impl RedisStore {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(fail(format!("cannot connect to Redis: {e}"), is_transient(&e))),
             Err(_) => {
-                return Err(fail(format!("cannot connect to Redis: no connection within {:?}", config.connect_timeout), true));
+                return Err(fail(
+                    format!("cannot connect to Redis: no connection within {:?}", config.connect_timeout),
+                    true,
+                ));
             }
         };
         let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
@@ -254,7 +257,10 @@ impl RedisStore {
         let mut deleted = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .query("scanning keys", redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
+                .query(
+                    "scanning keys",
+                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000),
+                )
                 .await?;
             if !keys.is_empty() {
                 deleted += self.query::<u64>("deleting keys", redis::cmd("DEL").arg(&keys)).await?;
@@ -384,10 +390,17 @@ fn glob_escape(s: &str) -> String {
 }
 
 fn terminal_states() -> impl Iterator<Item = &'static str> {
-    [ShardState::Queued, ShardState::Running, ShardState::Succeeded, ShardState::Failed, ShardState::Cancelled, ShardState::Dead]
-        .into_iter()
-        .filter(|s| s.is_terminal())
-        .map(ShardState::as_str)
+    [
+        ShardState::Queued,
+        ShardState::Running,
+        ShardState::Succeeded,
+        ShardState::Failed,
+        ShardState::Cancelled,
+        ShardState::Dead,
+    ]
+    .into_iter()
+    .filter(|s| s.is_terminal())
+    .map(ShardState::as_str)
 }
 
 #[async_trait]
@@ -435,8 +448,11 @@ impl Store for RedisStore {
     }
 
     async fn force_state(&self, run: &str, shard: &str, state: ShardState) -> Result<()> {
-        self.query("forcing a shard state", redis::cmd("HSET").arg(self.keys.shard_states(run)).arg(shard).arg(state.as_str()))
-            .await
+        self.query(
+            "forcing a shard state",
+            redis::cmd("HSET").arg(self.keys.shard_states(run)).arg(shard).arg(state.as_str()),
+        )
+        .await
     }
 
     async fn states(&self, run: &str) -> Result<BTreeMap<String, ShardState>> {
@@ -536,10 +552,7 @@ impl Store for RedisStore {
         shards.sort();
         let keys: Vec<String> = shards.iter().map(|s| self.keys.result(run, s)).collect();
         let values: Vec<Option<String>> = self.query("reading results", redis::cmd("MGET").arg(&keys)).await?;
-        keys.iter()
-            .zip(values)
-            .filter_map(|(key, json)| json.map(|j| self.decode(key, &j)))
-            .collect()
+        keys.iter().zip(values).filter_map(|(key, json)| json.map(|j| self.decode(key, &j))).collect()
     }
 
     async fn delete_result(&self, run: &str, shard: &str) -> Result<bool> {
@@ -611,7 +624,8 @@ impl Store for RedisStore {
         }
         let key = self.keys.dead_letters();
         let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
-        let raw: Vec<String> = self.query("reading dead letters", redis::cmd("LRANGE").arg(&key).arg(0).arg(stop)).await?;
+        let raw: Vec<String> =
+            self.query("reading dead letters", redis::cmd("LRANGE").arg(&key).arg(0).arg(stop)).await?;
         raw.iter().map(|j| self.decode(&key, j)).collect()
     }
 }

@@ -274,8 +274,18 @@ fn zeroth_order(s: Steps, zo_eps: f64) -> TrainSettings {
     }
 }
 
-fn dizo_defaults() -> DizoSettings {
-    DizoSettings { interval: 50, inner_iters: 10, eps_gamma: 0.1, step_gamma: 2.0, clip_tau: 0.2, anchors_on_host: false }
+/// The DiZO paper's settings (zo_methods.md §2.3), which the GPU presets use as they are.
+impl Default for DizoSettings {
+    fn default() -> Self {
+        DizoSettings {
+            interval: 50,
+            inner_iters: 10,
+            eps_gamma: 0.1,
+            step_gamma: 2.0,
+            clip_tau: 0.2,
+            anchors_on_host: false,
+        }
+    }
 }
 
 /// The built-in preset called `name`, or an error listing the known names.
@@ -290,7 +300,7 @@ pub fn preset(name: &str) -> Result<ScalePreset, Error> {
             data: DataSettings { train_examples: 2000, dev_examples: 100, test_examples: 200, max_seq_len: 64 },
             first_order: first_order(Steps { max_steps: 40, batch: 16, lr: 1e-3, warmup: 4, eval_every: 20 }),
             zeroth_order: zeroth_order(Steps { max_steps: 40, batch: 16, lr: 1e-4, warmup: 0, eval_every: 20 }, 1e-3),
-            dizo: DizoSettings { interval: 10, inner_iters: 2, ..dizo_defaults() },
+            dizo: DizoSettings { interval: 10, inner_iters: 2, ..DizoSettings::default() },
         },
         "small" => ScalePreset {
             name: "small".into(),
@@ -300,8 +310,11 @@ pub fn preset(name: &str) -> Result<ScalePreset, Error> {
             opt: opt(128, 512, 2, 4, 128, true),
             data: DataSettings { train_examples: 0, dev_examples: 500, test_examples: 0, max_seq_len: 128 },
             first_order: first_order(Steps { max_steps: 2000, batch: 32, lr: 1e-3, warmup: 100, eval_every: 500 }),
-            zeroth_order: zeroth_order(Steps { max_steps: 2000, batch: 16, lr: 1e-4, warmup: 0, eval_every: 500 }, 1e-3),
-            dizo: DizoSettings { interval: 50, ..dizo_defaults() },
+            zeroth_order: zeroth_order(
+                Steps { max_steps: 2000, batch: 16, lr: 1e-4, warmup: 0, eval_every: 500 },
+                1e-3,
+            ),
+            dizo: DizoSettings { interval: 50, ..DizoSettings::default() },
         },
         "medium" => ScalePreset {
             name: "medium".into(),
@@ -311,8 +324,11 @@ pub fn preset(name: &str) -> Result<ScalePreset, Error> {
             opt: opt(1024, 4096, 24, 16, 512, false),
             data: DataSettings { train_examples: 0, dev_examples: 500, test_examples: 0, max_seq_len: 256 },
             first_order: first_order(Steps { max_steps: 4000, batch: 32, lr: 3e-4, warmup: 200, eval_every: 500 }),
-            zeroth_order: zeroth_order(Steps { max_steps: 10_000, batch: 16, lr: 1e-6, warmup: 0, eval_every: 1000 }, 1e-3),
-            dizo: dizo_defaults(),
+            zeroth_order: zeroth_order(
+                Steps { max_steps: 10_000, batch: 16, lr: 1e-6, warmup: 0, eval_every: 1000 },
+                1e-3,
+            ),
+            dizo: DizoSettings::default(),
         },
         "large" => ScalePreset {
             name: "large".into(),
@@ -322,8 +338,11 @@ pub fn preset(name: &str) -> Result<ScalePreset, Error> {
             opt: opt(2048, 8192, 24, 32, 2048, true),
             data: DataSettings { train_examples: 0, dev_examples: 500, test_examples: 0, max_seq_len: 256 },
             first_order: first_order(Steps { max_steps: 4000, batch: 16, lr: 1e-4, warmup: 200, eval_every: 500 }),
-            zeroth_order: zeroth_order(Steps { max_steps: 20_000, batch: 16, lr: 1e-6, warmup: 0, eval_every: 4000 }, 1e-3),
-            dizo: dizo_defaults(),
+            zeroth_order: zeroth_order(
+                Steps { max_steps: 20_000, batch: 16, lr: 1e-6, warmup: 0, eval_every: 4000 },
+                1e-3,
+            ),
+            dizo: DizoSettings::default(),
         },
         other => {
             return Err(Error::invalid(
@@ -359,13 +378,13 @@ impl Qwen3Arch {
         if self.hidden_size == 0 || self.num_hidden_layers == 0 || self.head_dim == 0 {
             return bad("hidden_size, num_hidden_layers and head_dim must be positive".into());
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
         }
         Ok(())
@@ -381,7 +400,8 @@ impl OptArch {
         let layer = 4 * (h * h + h) + 2 * (2 * h) + (h * f + f) + (f * h + h);
         let proj = if e != h { 2 * e * h } else { 0 };
         let final_ln = if self.do_layer_norm_before { 2 * h } else { 0 };
-        self.vocab_size as u64 * e + (self.max_position_embeddings as u64 + 2) * h
+        self.vocab_size as u64 * e
+            + (self.max_position_embeddings as u64 + 2) * h
             + self.num_hidden_layers as u64 * layer
             + proj
             + final_ln
@@ -389,7 +409,7 @@ impl OptArch {
 
     /// Cross-field checks; called when a spec is resolved.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::invalid(
                 "opt shape",
                 format!(
@@ -422,7 +442,8 @@ impl ScalePreset {
                 return Err(Error::invalid(name, format!("learning_rate {} must be positive", t.learning_rate)));
             }
         }
-        if !(self.zeroth_order.zo_eps > 0.0) {
+        let eps = self.zeroth_order.zo_eps;
+        if eps.is_nan() || eps <= 0.0 {
             return Err(Error::invalid("zeroth_order.zo_eps", "must be positive"));
         }
         if self.data.max_seq_len < 8 {

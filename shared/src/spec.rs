@@ -291,6 +291,7 @@ pub fn data_dir_from(flag: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // each case changes one flag of the defaults
 mod tests {
     use super::*;
 

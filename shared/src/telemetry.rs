@@ -70,7 +70,11 @@ pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
 
 /// Like [`init`] but exporting every span synchronously to `exporter` (tests use an
 /// in-memory exporter to check trace propagation).
-pub fn init_with_exporter<E: SpanExporter + 'static>(service: &str, default_filter: &str, exporter: E) -> TelemetryGuard {
+pub fn init_with_exporter<E: SpanExporter + 'static>(
+    service: &str,
+    default_filter: &str,
+    exporter: E,
+) -> TelemetryGuard {
     install(service, default_filter, provider_builder(service).with_simple_exporter(exporter).build())
 }
 
@@ -79,12 +83,15 @@ fn install(service: &str, default_filter: &str, provider: SdkTracerProvider) -> 
     let tracer = provider.tracer(service.to_owned());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false).with_filter(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .with_filter(filter);
     // The OpenTelemetry layer sees every span at INFO and above regardless of the log
     // filter, so traces are complete even when logs are quiet.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let otel =
+        tracing_opentelemetry::layer().with_tracer(tracer).with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     TelemetryGuard { provider }
 }

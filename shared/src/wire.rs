@@ -172,10 +172,7 @@ mod tests {
             schema_version: u32,
         }
         let bytes = encode(&Future { schema_version: 99 }).unwrap();
-        assert!(matches!(
-            decode_shard(&bytes, 1024).unwrap_err(),
-            Error::SchemaVersion { found: 99, supported: 1 }
-        ));
+        assert!(matches!(decode_shard(&bytes, 1024).unwrap_err(), Error::SchemaVersion { found: 99, supported: 1 }));
         // Right version, wrong body.
         let bytes = encode(&Future { schema_version: 1 }).unwrap();
         assert!(matches!(decode_shard(&bytes, 1024).unwrap_err(), Error::Codec(_)));

@@ -154,34 +154,96 @@ fn setup(common: &Common) -> agent::Result<agent::device::PinnedDevice> {
 fn run(cli: Cli) -> agent::Result<bench::Outcome> {
     match cli.command {
         Command::Qwen3Depth {
-            common, depths, hidden, heads, kv_heads, head_dim, intermediate, vocab, batch, seq, head, models, lr,
-            weight_decay, grad_clip,
+            common,
+            depths,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            intermediate,
+            vocab,
+            batch,
+            seq,
+            head,
+            models,
+            lr,
+            weight_decay,
+            grad_clip,
         } => {
             let pinned = setup(&common)?;
             let args = bench::Qwen3DepthArgs {
-                depths, hidden, heads, kv_heads, head_dim, intermediate, vocab, batch, seq,
-                steps: common.steps, warmup: common.warmup, head, models, precision: common.precision,
-                lr, weight_decay, grad_clip, seed: common.seed,
+                depths,
+                hidden,
+                heads,
+                kv_heads,
+                head_dim,
+                intermediate,
+                vocab,
+                batch,
+                seq,
+                steps: common.steps,
+                warmup: common.warmup,
+                head,
+                models,
+                precision: common.precision,
+                lr,
+                weight_decay,
+                grad_clip,
+                seed: common.seed,
             };
             bench::run_qwen3_depth(&pinned, &args, &mut print)
         }
         Command::ZoOpt {
-            common, hidden, layers, heads, ffn, vocab, batch, candidates, seq, option_len, methods, weights, zo_lr,
-            zo_eps, ft_lr, grad_clip, dizo_interval, dizo_inner_iters, dizo_rounds, dizo_anchors_on_host,
+            common,
+            hidden,
+            layers,
+            heads,
+            ffn,
+            vocab,
+            batch,
+            candidates,
+            seq,
+            option_len,
+            methods,
+            weights,
+            zo_lr,
+            zo_eps,
+            ft_lr,
+            grad_clip,
+            dizo_interval,
+            dizo_inner_iters,
+            dizo_rounds,
+            dizo_anchors_on_host,
         } => {
             let pinned = setup(&common)?;
             let defaults = bench::ZoOptArgs::default();
             let args = bench::ZoOptArgs {
-                hidden, layers, heads, ffn, vocab, batch, candidates, seq, option_len,
-                steps: common.steps, warmup: common.warmup, methods, precision: common.precision, weights,
-                zo_lr, zo_eps, ft_lr, grad_clip,
+                hidden,
+                layers,
+                heads,
+                ffn,
+                vocab,
+                batch,
+                candidates,
+                seq,
+                option_len,
+                steps: common.steps,
+                warmup: common.warmup,
+                methods,
+                precision: common.precision,
+                weights,
+                zo_lr,
+                zo_eps,
+                ft_lr,
+                grad_clip,
                 dizo: shared::scale::DizoSettings {
                     interval: dizo_interval,
                     inner_iters: dizo_inner_iters,
                     anchors_on_host: dizo_anchors_on_host,
                     ..defaults.dizo
                 },
-                dizo_rounds, seed: common.seed,
+                dizo_rounds,
+                seed: common.seed,
                 ..defaults
             };
             bench::run_zo_opt(&pinned, &args, &mut print)
@@ -194,13 +256,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     match run(Cli::parse()) {
         Ok(o) if o.failed == 0 => ExitCode::SUCCESS,
         Ok(o) => {
-            eprintln!("qbench: {} of {} measurement(s) failed (see the error records)", o.failed, o.failed + o.measured);
+            eprintln!(
+                "qbench: {} of {} measurement(s) failed (see the error records)",
+                o.failed,
+                o.failed + o.measured
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -47,7 +47,8 @@ where
     if bad.is_empty() {
         return Ok(());
     }
-    let mut examples = bad.iter().take(EXAMPLES).map(|m| format!("{}@{:?}", m.name, m.device)).collect::<Vec<_>>().join(", ");
+    let mut examples =
+        bad.iter().take(EXAMPLES).map(|m| format!("{}@{:?}", m.name, m.device)).collect::<Vec<_>>().join(", ");
     if bad.len() > EXAMPLES {
         examples.push_str(", …");
     }

@@ -163,12 +163,23 @@ impl AttnMask {
 
 /// Runs SDPA with the shared mask. `q`, `k`, `v` are `[B, H, T, D]` (k, v already
 /// expanded to the query heads).
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, dropout: f64, scale: f64) -> Result<Tensor> {
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    dropout: f64,
+    scale: f64,
+) -> Result<Tensor> {
     let t = q.size()[2];
     let out = match mask {
         // HF passes is_causal only for more than one query; with one query it is the same.
-        AttnMask::Causal => Tensor::f_scaled_dot_product_attention(q, k, v, None::<Tensor>, dropout, t > 1, scale, false)?,
-        AttnMask::Explicit(m) => Tensor::f_scaled_dot_product_attention(q, k, v, Some(m), dropout, false, scale, false)?,
+        AttnMask::Causal => {
+            Tensor::f_scaled_dot_product_attention(q, k, v, None::<Tensor>, dropout, t > 1, scale, false)?
+        }
+        AttnMask::Explicit(m) => {
+            Tensor::f_scaled_dot_product_attention(q, k, v, Some(m), dropout, false, scale, false)?
+        }
     };
     Ok(out)
 }
@@ -275,7 +286,9 @@ impl<'a> HfFields<'a> {
     pub(crate) fn bool(&self, name: &str) -> Result<Option<bool>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| Error::config(name, format!("expected true or false, got {v}"))),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| Error::config(name, format!("expected true or false, got {v}")))
+            }
         }
     }
 
@@ -310,7 +323,9 @@ impl<'a> HfFields<'a> {
     /// Checks `model_type` when present.
     pub(crate) fn expect_model_type(&self, expected: &str) -> Result<()> {
         match self.str("model_type")? {
-            Some(t) if t != expected => Err(Error::config("model_type", format!("expected \"{expected}\", got \"{t}\""))),
+            Some(t) if t != expected => {
+                Err(Error::config("model_type", format!("expected \"{expected}\", got \"{t}\"")))
+            }
             _ => Ok(()),
         }
     }
@@ -327,7 +342,9 @@ impl<'a> HfFields<'a> {
                 if s == "auto" {
                     continue;
                 }
-                return kind_from_name(s).map(Some).ok_or_else(|| Error::config(name, format!("unsupported dtype \"{s}\"")));
+                return kind_from_name(s)
+                    .map(Some)
+                    .ok_or_else(|| Error::config(name, format!("unsupported dtype \"{s}\"")));
             }
         }
         Ok(None)

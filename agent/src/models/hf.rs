@@ -86,10 +86,9 @@ impl Architecture {
 
     /// The architecture named by a `config.json`.
     pub fn from_config(json: &serde_json::Value) -> Result<Architecture> {
-        let list = HfFields::new(json)?
-            .get("architectures")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| Error::config("architectures", "missing: cannot tell which model class the checkpoint holds"))?;
+        let list = HfFields::new(json)?.get("architectures").and_then(|v| v.as_array()).ok_or_else(|| {
+            Error::config("architectures", "missing: cannot tell which model class the checkpoint holds")
+        })?;
         let [one] = list.as_slice() else {
             return Err(Error::config("architectures", format!("expected exactly one entry, got {}", list.len())));
         };
@@ -417,8 +416,11 @@ pub fn load_weights_with(vs: &nn::VarStore, dir: &Path, opts: &LoadOptions) -> R
         stored_names.extend(names);
     }
     // A backbone-only checkpoint (HF `Qwen3Model`/`OPTModel`) has no `model.` prefix.
-    let add_prefix = !stored_names.iter().any(|n| n.starts_with("model.")) && var_names.iter().any(|n| n.starts_with("model."));
-    let map_name = |n: &str| if add_prefix && n != LM_HEAD && !var_names.contains(n) { format!("model.{n}") } else { n.to_owned() };
+    let add_prefix =
+        !stored_names.iter().any(|n| n.starts_with("model.")) && var_names.iter().any(|n| n.starts_with("model."));
+    let map_name = |n: &str| {
+        if add_prefix && n != LM_HEAD && !var_names.contains(n) { format!("model.{n}") } else { n.to_owned() }
+    };
 
     let mut report = LoadReport::default();
     let mut seen: HashSet<String> = HashSet::new();
@@ -467,7 +469,9 @@ pub fn load_weights_with(vs: &nn::VarStore, dir: &Path, opts: &LoadOptions) -> R
                 if same {
                     report.skipped.push(format!("{LM_HEAD} (tied duplicate of {embed})"));
                 } else {
-                    unexpected.push(format!("{LM_HEAD} (differs from the tied {embed}; the config says tie_word_embeddings)"));
+                    unexpected.push(format!(
+                        "{LM_HEAD} (differs from the tied {embed}; the config says tie_word_embeddings)"
+                    ));
                 }
             }
             None => unexpected.push(LM_HEAD.to_owned()),
@@ -488,11 +492,17 @@ pub fn load_weights_with(vs: &nn::VarStore, dir: &Path, opts: &LoadOptions) -> R
         }
     }
     if !missing.is_empty() {
-        return Err(err(dir, format!("{} model tensor(s) missing from the checkpoint: {}", missing.len(), preview(&missing))));
+        return Err(err(
+            dir,
+            format!("{} model tensor(s) missing from the checkpoint: {}", missing.len(), preview(&missing)),
+        ));
     }
     if !unexpected.is_empty() {
         unexpected.sort();
-        return Err(err(dir, format!("{} unexpected checkpoint tensor(s): {}", unexpected.len(), preview(&unexpected))));
+        return Err(err(
+            dir,
+            format!("{} unexpected checkpoint tensor(s): {}", unexpected.len(), preview(&unexpected)),
+        ));
     }
     Ok(report)
 }
@@ -514,7 +524,11 @@ fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> 
     }
     let index = dir.join(WEIGHTS_INDEX_FILE);
     if !index.is_file() {
-        let hint = if dir.join("pytorch_model.bin").exists() { " (pytorch_model.bin is not supported; convert to safetensors)" } else { "" };
+        let hint = if dir.join("pytorch_model.bin").exists() {
+            " (pytorch_model.bin is not supported; convert to safetensors)"
+        } else {
+            ""
+        };
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
             message: format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}"),
@@ -535,7 +549,10 @@ fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<BTreeSet<String>>)>> 
         })?;
         // Shards must sit in the directory itself.
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(Error::Checkpoint { path: index.clone(), message: format!("shard name `{file}` is not a plain file name") });
+            return Err(Error::Checkpoint {
+                path: index.clone(),
+                message: format!("shard name `{file}` is not a plain file name"),
+            });
         }
         by_file.entry(file.to_owned()).or_default().insert(tensor.clone());
     }
@@ -643,7 +660,11 @@ pub fn save_model_dir(dir: &Path, model: &dyn HfCheckpoint, tokenizer_dir: Optio
     let kinds: BTreeSet<&'static str> = params.iter().map(|(_, t)| kind_name(t.kind())).collect();
     let dtype = match kinds.iter().collect::<Vec<_>>().as_slice() {
         [one] if kind_from_name(one).is_some() => (*one).to_owned(),
-        _ => return Err(Error::Unsupported(format!("cannot save parameters of kinds {kinds:?}; expected one float kind"))),
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "cannot save parameters of kinds {kinds:?}; expected one float kind"
+            )));
+        }
     };
 
     // 1. config.json
@@ -653,8 +674,11 @@ pub fn save_model_dir(dir: &Path, model: &dyn HfCheckpoint, tokenizer_dir: Optio
         map.insert("dtype".into(), serde_json::json!(dtype));
         map.insert("torch_dtype".into(), serde_json::json!(dtype));
     }
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Unsupported(format!("config does not serialize: {e}")))?;
-    write_atomically(&dir.join(CONFIG_FILE), |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e)))?;
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| Error::Unsupported(format!("config does not serialize: {e}")))?;
+    write_atomically(&dir.join(CONFIG_FILE), |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
+    })?;
 
     // 2. model.safetensors
     let contiguous: Vec<(String, Tensor)> =
@@ -696,7 +720,10 @@ pub fn save_model_dir(dir: &Path, model: &dyn HfCheckpoint, tokenizer_dir: Optio
             }
         }
         if copied == 0 {
-            return Err(Error::Tokenizer(format!("{} holds none of the tokenizer files {TOKENIZER_FILES:?}", tok.display())));
+            return Err(Error::Tokenizer(format!(
+                "{} holds none of the tokenizer files {TOKENIZER_FILES:?}",
+                tok.display()
+            )));
         }
     }
     Ok(())
@@ -758,7 +785,8 @@ mod tests {
         inspect::run(dir, Some(&dir.join("tokens.json")), Device::Cpu, &mut out).unwrap();
         std::fs::write(dir.join("qsched_logits.json"), &out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        let printed: Vec<f32> = json["logits"].to_string().replace(['[', ']'], " ").split(',').map(|s| s.trim().parse().unwrap()).collect();
+        let printed: Vec<f32> =
+            json["logits"].to_string().replace(['[', ']'], " ").split(',').map(|s| s.trim().parse().unwrap()).collect();
         let printed = Tensor::from_slice(&printed).view(logits.size().as_slice());
         assert!(printed.equal(&logits.to_kind(Kind::Float)), "inspect printed different logits");
     }
@@ -842,7 +870,9 @@ mod tests {
         assert!(e.contains("missing") && e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
         restore();
 
-        edit_weights(p, |t| t.push(("model.layers.9.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))));
+        edit_weights(p, |t| {
+            t.push(("model.layers.9.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))))
+        });
         let e = load_err(p);
         assert!(e.contains("unexpected") && e.contains("model.layers.9.extra.weight"), "{e}");
         restore();
@@ -995,7 +1025,8 @@ mod tests {
         }
         load_model_dir(dir.path(), Device::Cpu).unwrap();
         let index_path = dir.path().join(WEIGHTS_INDEX_FILE);
-        let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+        let mut index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
         let map = index["weight_map"].as_object_mut().unwrap();
         let (name, file) = map.iter().next().map(|(n, f)| (n.clone(), f.as_str().unwrap().to_owned())).unwrap();
         let other = map.values().find(|f| f.as_str() != Some(file.as_str())).unwrap().clone();

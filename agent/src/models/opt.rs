@@ -15,7 +15,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
-use super::common::{AttnMask, HfFields, Linear, TokenIds, attention, check_inputs, embedding_var, ensure, padding_idx_arg};
+use super::common::{
+    AttnMask, HfFields, Linear, TokenIds, attention, check_inputs, embedding_var, ensure, padding_idx_arg,
+};
 use crate::{Error, Result};
 
 /// OPT's learned position table has two extra leading rows (HF `offset = 2`).
@@ -104,7 +106,11 @@ impl Config {
         )?;
         let layerdrop = f.float("layerdrop")?.unwrap_or(0.0);
         ensure(layerdrop == 0.0, "layerdrop", format!("only 0.0 is supported, got {layerdrop}"))?;
-        ensure(f.bool("tie_word_embeddings")?.unwrap_or(true), "tie_word_embeddings", "an untied OPT lm_head is not supported")?;
+        ensure(
+            f.bool("tie_word_embeddings")?.unwrap_or(true),
+            "tie_word_embeddings",
+            "an untied OPT lm_head is not supported",
+        )?;
 
         let hidden_size = f.req_int("hidden_size")?;
         let cfg = Config {
@@ -245,7 +251,8 @@ impl OptAttention {
         let (b, t) = (xs.size()[0], xs.size()[1]);
         let (h, d) = (self.num_heads, self.head_dim);
         // 1. q = q_proj(x)·d^-0.5 (scaled before QKᵀ, as HF), heads split to [B, H, T, D].
-        let q = self.q_proj.forward(xs)?.f_mul_scalar((d as f64).powf(-0.5))?.f_view([b, t, h, d])?.f_transpose(1, 2)?;
+        let q =
+            self.q_proj.forward(xs)?.f_mul_scalar((d as f64).powf(-0.5))?.f_view([b, t, h, d])?.f_transpose(1, 2)?;
         let k = self.k_proj.forward(xs)?.f_view([b, t, h, d])?.f_transpose(1, 2)?;
         let v = self.v_proj.forward(xs)?.f_view([b, t, h, d])?.f_transpose(1, 2)?;
         // 2. Attention with scale 1 (q already scaled) → [B, H, T, D].
@@ -338,16 +345,22 @@ impl OptForCausalLM {
         let dp = p / "model" / "decoder";
         let (d, e, std) = (cfg.hidden_size, cfg.word_embed_proj_dim, cfg.init_std);
         let embed_tokens = embedding_var(&(&dp / "embed_tokens"), cfg.vocab_size, e, std, cfg.pad_token_id)?;
-        let embed_positions = embedding_var(&(&dp / "embed_positions"), cfg.max_position_embeddings + POSITION_OFFSET, d, std, None)?;
+        let embed_positions =
+            embedding_var(&(&dp / "embed_positions"), cfg.max_position_embeddings + POSITION_OFFSET, d, std, None)?;
         let (project_out, project_in) = if e != d {
-            (Some(Linear::new(&(&dp / "project_out"), d, e, false, std)?), Some(Linear::new(&(&dp / "project_in"), e, d, false, std)?))
+            (
+                Some(Linear::new(&(&dp / "project_out"), d, e, false, std)?),
+                Some(Linear::new(&(&dp / "project_in"), e, d, false, std)?),
+            )
         } else {
             (None, None)
         };
-        let final_layer_norm = if cfg.do_layer_norm_before { Some(LayerNorm::new(&(&dp / "final_layer_norm"), d)?) } else { None };
+        let final_layer_norm =
+            if cfg.do_layer_norm_before { Some(LayerNorm::new(&(&dp / "final_layer_norm"), d)?) } else { None };
         let layers_p = &dp / "layers";
-        let layers =
-            (0..cfg.num_hidden_layers).map(|i| OptDecoderLayer::new(&(&layers_p / i), cfg)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| OptDecoderLayer::new(&(&layers_p / i), cfg))
+            .collect::<Result<Vec<_>>>()?;
         Ok(OptForCausalLM {
             embed_tokens,
             embed_positions,
@@ -391,7 +404,12 @@ impl OptForCausalLM {
         let inputs = check_inputs(input_ids, attention_mask, self.cfg.vocab_size, self.embed_tokens.device())?;
         let mask = AttnMask::build(&inputs)?;
         // 2. Positions from the mask: cumsum(mask)·mask − 1 (pads → −1), looked up at +2.
-        let positions = inputs.mask.f_cumsum(1, Kind::Int64)?.f_mul(&inputs.mask)?.f_sub_scalar(1)?.f_add_scalar(POSITION_OFFSET)?;
+        let positions = inputs
+            .mask
+            .f_cumsum(1, Kind::Int64)?
+            .f_mul(&inputs.mask)?
+            .f_sub_scalar(1)?
+            .f_add_scalar(POSITION_OFFSET)?;
         let table_rows = self.cfg.max_position_embeddings + POSITION_OFFSET;
         let top = positions.f_max()?.f_int64_value(&[])?;
         if top >= table_rows {
@@ -482,17 +500,33 @@ mod tests {
     #[test]
     fn config_reads_released_and_5x_configs() {
         let c = Config::from_hf_json(&opt_125m()).unwrap();
-        assert_eq!(c, Config::from_arch(&shared::scale::OptArch {
-            vocab_size: 50272, hidden_size: 768, ffn_dim: 3072, num_hidden_layers: 12, num_attention_heads: 12,
-            max_position_embeddings: 2048, word_embed_proj_dim: 768, do_layer_norm_before: true, init_std: 0.02,
-        }));
+        assert_eq!(
+            c,
+            Config::from_arch(&shared::scale::OptArch {
+                vocab_size: 50272,
+                hidden_size: 768,
+                ffn_dim: 3072,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                max_position_embeddings: 2048,
+                word_embed_proj_dim: 768,
+                do_layer_norm_before: true,
+                init_std: 0.02,
+            })
+        );
         // opt-350m: post-LN with the 512 ↔ 1024 projections.
-        let c350 = Config::from_hf_json(&with(with(opt_125m(), "do_layer_norm_before", json!(false)), "word_embed_proj_dim", json!(512))).unwrap();
+        let c350 = Config::from_hf_json(&with(
+            with(opt_125m(), "do_layer_norm_before", json!(false)),
+            "word_embed_proj_dim",
+            json!(512),
+        ))
+        .unwrap();
         assert!(!c350.do_layer_norm_before);
         // 5.x style: dtype, every field written; null word_embed_proj_dim = hidden_size;
         // explicit null pad id stays none (absent means the OPTConfig default, 1).
         let v5 = with(with(without(opt_125m(), "torch_dtype"), "dtype", json!("float32")), "enable_bias", json!(true));
-        let v5 = with(with(v5, "word_embed_proj_dim", serde_json::Value::Null), "pad_token_id", serde_json::Value::Null);
+        let v5 =
+            with(with(v5, "word_embed_proj_dim", serde_json::Value::Null), "pad_token_id", serde_json::Value::Null);
         let c5 = Config::from_hf_json(&v5).unwrap();
         assert_eq!((c5.word_embed_proj_dim, c5.pad_token_id), (768, None));
         assert_eq!(Config::from_hf_json(&without(opt_125m(), "pad_token_id")).unwrap().pad_token_id, Some(1));
@@ -540,21 +574,48 @@ mod tests {
         for pre_ln in [true, false] {
             let vs = nn::VarStore::new(Device::Cpu);
             let m = OptForCausalLM::new(&vs.root(), &tiny_opt(pre_ln)).unwrap();
-            let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n.trim_start_matches("model.decoder.").to_owned()).collect();
+            let names: Vec<String> = m
+                .named_parameters()
+                .into_iter()
+                .map(|(n, _)| n.trim_start_matches("model.decoder.").to_owned())
+                .collect();
             let head: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
             if pre_ln {
-                assert_eq!(head, ["embed_tokens.weight", "embed_positions.weight", "final_layer_norm.weight", "final_layer_norm.bias"]);
+                assert_eq!(
+                    head,
+                    [
+                        "embed_tokens.weight",
+                        "embed_positions.weight",
+                        "final_layer_norm.weight",
+                        "final_layer_norm.bias"
+                    ]
+                );
             } else {
-                assert_eq!(head, ["embed_tokens.weight", "embed_positions.weight", "project_out.weight", "project_in.weight"]);
+                assert_eq!(
+                    head,
+                    ["embed_tokens.weight", "embed_positions.weight", "project_out.weight", "project_in.weight"]
+                );
             }
             let layer: Vec<&str> = names.iter().skip(4).take(16).map(|n| n.trim_start_matches("layers.0.")).collect();
             assert_eq!(
                 layer,
                 [
-                    "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
-                    "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias",
-                    "self_attn_layer_norm.weight", "self_attn_layer_norm.bias", "fc1.weight", "fc1.bias", "fc2.weight",
-                    "fc2.bias", "final_layer_norm.weight", "final_layer_norm.bias"
+                    "self_attn.k_proj.weight",
+                    "self_attn.k_proj.bias",
+                    "self_attn.v_proj.weight",
+                    "self_attn.v_proj.bias",
+                    "self_attn.q_proj.weight",
+                    "self_attn.q_proj.bias",
+                    "self_attn.out_proj.weight",
+                    "self_attn.out_proj.bias",
+                    "self_attn_layer_norm.weight",
+                    "self_attn_layer_norm.bias",
+                    "fc1.weight",
+                    "fc1.bias",
+                    "fc2.weight",
+                    "fc2.bias",
+                    "final_layer_norm.weight",
+                    "final_layer_norm.bias"
                 ]
             );
             assert_eq!(names.len(), vs.variables().len());

@@ -50,7 +50,8 @@ fn run_fixture(name: &str) -> (f64, Architecture, f64) {
     let dir = fixture_dir(name);
     let (_vs, model, info) = load_model_dir(&dir.join("model"), Device::Cpu).unwrap();
     // HF's named_parameters() order, recorded by the fixture script, is ours too.
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let hf_order: Vec<String> = serde_json::from_value(meta["named_parameters"].clone()).unwrap();
     let ours: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(ours, hf_order, "{name}: named_parameters order differs from HF");
@@ -104,16 +105,20 @@ fn parity_opt_post_ln_project_in_out_fp16() {
 #[test]
 fn parity_qwen3_transformers4_config() {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir("qwen3_lm_tf4").join("model/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir("qwen3_lm_tf4").join("model/config.json")).unwrap())
+            .unwrap();
     // The fixture really is 4.x style.
-    assert!(cfg.get("rope_theta").is_some() && cfg.get("rope_parameters").is_none() && cfg.get("torch_dtype").is_some());
+    assert!(
+        cfg.get("rope_theta").is_some() && cfg.get("rope_parameters").is_none() && cfg.get("torch_dtype").is_some()
+    );
     check("qwen3_lm_tf4", Architecture::Qwen3ForCausalLM);
 }
 
 #[test]
 fn parity_opt_transformers4_config() {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir("opt_tf4").join("model/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir("opt_tf4").join("model/config.json")).unwrap())
+            .unwrap();
     assert!(cfg.get("torch_dtype").is_some() && cfg.get("dtype").is_none());
     check("opt_tf4", Architecture::OptForCausalLM);
 }
@@ -121,6 +126,7 @@ fn parity_opt_transformers4_config() {
 #[test]
 fn parity_transformers5_configs_are_5x_style() {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir("qwen3_lm").join("model/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir("qwen3_lm").join("model/config.json")).unwrap())
+            .unwrap();
     assert!(cfg.get("rope_parameters").is_some() && cfg.get("rope_theta").is_none() && cfg.get("dtype").is_some());
 }

@@ -100,10 +100,18 @@ impl Config {
 
         let act = f.str("hidden_act")?.unwrap_or("silu");
         ensure(act == "silu", "hidden_act", format!("only \"silu\" is supported, got \"{act}\""))?;
-        ensure(!f.bool("attention_bias")?.unwrap_or(false), "attention_bias", "biased q/k/v/o projections are not supported")?;
+        ensure(
+            !f.bool("attention_bias")?.unwrap_or(false),
+            "attention_bias",
+            "biased q/k/v/o projections are not supported",
+        )?;
         let dropout = f.float("attention_dropout")?.unwrap_or(0.0);
         ensure(dropout == 0.0, "attention_dropout", format!("only 0.0 is supported, got {dropout}"))?;
-        ensure(!f.bool("use_sliding_window")?.unwrap_or(false), "use_sliding_window", "sliding-window attention is not supported")?;
+        ensure(
+            !f.bool("use_sliding_window")?.unwrap_or(false),
+            "use_sliding_window",
+            "sliding-window attention is not supported",
+        )?;
 
         let num_hidden_layers = f.req_int("num_hidden_layers")?;
         if let Some(types) = f.get("layer_types") {
@@ -114,7 +122,10 @@ impl Config {
                 format!("has {} entries for {num_hidden_layers} layers", list.len()),
             )?;
             if let Some(bad) = list.iter().find(|t| t.as_str() != Some("full_attention")) {
-                return Err(Error::config("layer_types", format!("only \"full_attention\" layers are supported, got {bad}")));
+                return Err(Error::config(
+                    "layer_types",
+                    format!("only \"full_attention\" layers are supported, got {bad}"),
+                ));
             }
         }
 
@@ -162,7 +173,11 @@ impl Config {
             "num_key_value_heads",
             format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
         )?;
-        ensure(self.head_dim % 2 == 0, "head_dim", format!("rotary embedding needs an even head_dim, got {}", self.head_dim))?;
+        ensure(
+            self.head_dim % 2 == 0,
+            "head_dim",
+            format!("rotary embedding needs an even head_dim, got {}", self.head_dim),
+        )?;
         ensure(self.rope_theta > 0.0, "rope_theta", format!("must be positive, got {}", self.rope_theta))?;
         ensure(self.rms_norm_eps > 0.0, "rms_norm_eps", format!("must be positive, got {}", self.rms_norm_eps))?;
         ensure(self.initializer_range >= 0.0, "initializer_range", "must not be negative")?;
@@ -224,14 +239,16 @@ fn rope_theta(f: &HfFields<'_>) -> Result<f64> {
             if let Some(t) = rope_type_of(rp)
                 && t != "default"
             {
-                return Err(Error::config("rope_parameters.rope_type", format!("only \"default\" is supported, got \"{t}\"")));
+                return Err(Error::config(
+                    "rope_parameters.rope_type",
+                    format!("only \"default\" is supported, got \"{t}\""),
+                ));
             }
             match rp.get("rope_theta").filter(|v| !v.is_null()) {
                 None => None,
-                Some(v) => Some(
-                    v.as_f64()
-                        .ok_or_else(|| Error::config("rope_parameters.rope_theta", format!("expected a number, got {v}")))?,
-                ),
+                Some(v) => Some(v.as_f64().ok_or_else(|| {
+                    Error::config("rope_parameters.rope_theta", format!("expected a number, got {v}"))
+                })?),
             }
         }
     };
@@ -242,7 +259,10 @@ fn rope_theta(f: &HfFields<'_>) -> Result<f64> {
         }
         (Some(a), _) => Ok(a),
         (None, Some(b)) => Ok(b),
-        (None, None) => Err(Error::config("rope_theta", "required field is missing (neither rope_theta nor rope_parameters.rope_theta)")),
+        (None, None) => Err(Error::config(
+            "rope_theta",
+            "required field is missing (neither rope_theta nor rope_parameters.rope_theta)",
+        )),
     }
 }
 
@@ -442,7 +462,11 @@ impl DecoderLayer {
             self_attn: Attention::new(&(p / "self_attn"), cfg)?,
             mlp: Mlp::new(&(p / "mlp"), cfg)?,
             input_layernorm: RmsNorm::new(&(p / "input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
-            post_attention_layernorm: RmsNorm::new(&(p / "post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                &(p / "post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
         })
     }
 
@@ -488,8 +512,13 @@ impl Qwen3Model {
     /// `p` is the backbone's own path (`root / "model"`).
     pub(crate) fn new(p: &nn::Path, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
-        let embed_tokens =
-            embedding_var(&(p / "embed_tokens"), cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, cfg.pad_token_id)?;
+        let embed_tokens = embedding_var(
+            &(p / "embed_tokens"),
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.initializer_range,
+            cfg.pad_token_id,
+        )?;
         let layers_p = p / "layers";
         let layers =
             (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&(&layers_p / i), cfg)).collect::<Result<Vec<_>>>()?;
@@ -699,7 +728,14 @@ mod tests {
         // 4.x: rope_theta at the top, rope_scaling null, torch_dtype, no layer_types,
         // sliding_window set but unused.
         let v4 = without(without(hf5(), "rope_parameters"), "dtype");
-        let v4 = without(with(with(with(v4, "rope_theta", 1e6.into()), "rope_scaling", serde_json::Value::Null), "torch_dtype", "bfloat16".into()), "layer_types");
+        let v4 = without(
+            with(
+                with(with(v4, "rope_theta", 1e6.into()), "rope_scaling", serde_json::Value::Null),
+                "torch_dtype",
+                "bfloat16".into(),
+            ),
+            "layer_types",
+        );
         let v4 = with(v4, "sliding_window", 4096.into());
         assert_eq!(Config::from_hf_json(&v4).unwrap(), c5);
         // Both present and equal is fine; `rope_scaling` of the default type is fine.
@@ -723,7 +759,10 @@ mod tests {
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (with(hf5(), "rope_scaling", j!({"rope_type": "yarn", "factor": 4.0})), "rope_scaling"),
             (with(hf5(), "rope_scaling", j!({"type": "linear", "factor": 2.0})), "rope_scaling"),
-            (with(hf5(), "rope_parameters", j!({"rope_type": "llama3", "rope_theta": 1e6})), "rope_parameters.rope_type"),
+            (
+                with(hf5(), "rope_parameters", j!({"rope_type": "llama3", "rope_theta": 1e6})),
+                "rope_parameters.rope_type",
+            ),
             (with(hf5(), "rope_theta", j!(10000.0)), "rope_theta"),
             (without(hf5(), "rope_parameters"), "rope_theta"),
             (with(hf5(), "use_sliding_window", j!(true)), "use_sliding_window"),
@@ -782,9 +821,17 @@ mod tests {
             assert_eq!(
                 layer0,
                 [
-                    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                    "self_attn.q_norm.weight", "self_attn.k_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                    "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"
+                    "self_attn.q_proj.weight",
+                    "self_attn.k_proj.weight",
+                    "self_attn.v_proj.weight",
+                    "self_attn.o_proj.weight",
+                    "self_attn.q_norm.weight",
+                    "self_attn.k_norm.weight",
+                    "mlp.gate_proj.weight",
+                    "mlp.up_proj.weight",
+                    "mlp.down_proj.weight",
+                    "input_layernorm.weight",
+                    "post_attention_layernorm.weight"
                 ]
             );
             assert_eq!(names.last().unwrap(), if tied { "model.norm.weight" } else { "lm_head.weight" });

@@ -376,7 +376,9 @@ mod tests {
         let (worst, name) = worst_relative_error(&ours, &reference);
         eprintln!("rev-qwen3 {kind:?} {layers} layers: worst relative gradient error {worst:.2e} ({name})");
         assert!(worst <= tol, "{name}: relative gradient error {worst:e} > {tol:e}");
-        let e = |g: &[(String, Tensor)]| g.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1.shallow_clone();
+        let e = |g: &[(String, Tensor)]| {
+            g.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1.shallow_clone()
+        };
         let embed_rel = max_abs(&e(&ours), &e(&reference)) / e(&reference).abs().max().double_value(&[]);
         assert!(embed_rel <= tol, "embedding gradient: relative error {embed_rel:e}");
         (worst, embed_rel)

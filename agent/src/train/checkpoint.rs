@@ -155,10 +155,9 @@ pub fn remove(dir: &Path) -> Result<()> {
 pub fn restore(dir: &Path, saved: &HashMap<String, Tensor>, live: &[(String, &Tensor)]) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
         for (name, t) in live {
-            let src = saved.get(name).ok_or_else(|| Error::Checkpoint {
-                path: dir.to_owned(),
-                message: format!("tensor {name} missing"),
-            })?;
+            let src = saved
+                .get(name)
+                .ok_or_else(|| Error::Checkpoint { path: dir.to_owned(), message: format!("tensor {name} missing") })?;
             if src.size() != t.size() {
                 return Err(Error::Checkpoint {
                     path: dir.to_owned(),
@@ -166,7 +165,7 @@ pub fn restore(dir: &Path, saved: &HashMap<String, Tensor>, live: &[(String, &Te
                 });
             }
             let mut dst = t.shallow_clone();
-            let _ = dst.f_copy_(&src.f_to_kind(t.kind())?)?;
+            dst.f_copy_(&src.f_to_kind(t.kind())?)?;
         }
         Ok(())
     })

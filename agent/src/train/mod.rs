@@ -73,12 +73,14 @@ fn encode_split(
     let max_len = shard.data.max_seq_len as usize;
     match format {
         InputFormat::ClassifierHead => {
-            let v = examples.iter().map(|e| encode_classifier(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
+            let v =
+                examples.iter().map(|e| encode_classifier(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
             let truncated = v.iter().filter(|e| e.truncated).count();
             Ok((Encoded::Classifier(v), truncated))
         }
         InputFormat::PromptLabelWords => {
-            let v = examples.iter().map(|e| encode_candidates(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
+            let v =
+                examples.iter().map(|e| encode_candidates(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
             let truncated = v.iter().filter(|e| e.truncated).count();
             Ok((Encoded::Candidates(v), truncated))
         }
@@ -130,8 +132,8 @@ pub fn run_shard(
         let loaded = load_task(shard.task, &request.data_dir)?;
         let splits = split_task(&loaded, &shard.data, shard.seed)?;
         let tok_dir = match &shard.init {
-            shared::spec::ModelInit::Pretrained { dir } if Path::new(dir).join("tokenizer.json").is_file()
-                || Path::new(dir).join("vocab.json").is_file() =>
+            shared::spec::ModelInit::Pretrained { dir }
+                if Path::new(dir).join("tokenizer.json").is_file() || Path::new(dir).join("vocab.json").is_file() =>
             {
                 std::path::PathBuf::from(dir)
             }
@@ -188,21 +190,22 @@ pub fn run_shard(
     };
 
     // 4. Resume from a checkpoint of an earlier attempt, if there is one.
-    let ckpt_dir = request.checkpoint_dir.as_ref().map(|root| checkpoint::shard_dir(root, &shard.run_id, &shard.shard_id));
+    let ckpt_dir =
+        request.checkpoint_dir.as_ref().map(|root| checkpoint::shard_dir(root, &shard.run_id, &shard.shard_id));
     let mut state = LoopState::new(&shard.shard_id);
     let mut resumed_from_step = None;
-    if let Some(dir) = &ckpt_dir {
-        if let Some((saved, tensors)) = checkpoint::load(dir, &shard.shard_id)? {
-            let mut live: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
-            live.extend(method.state_tensors());
-            checkpoint::restore(dir, &tensors, &live)?;
-            if let Method::FirstOrder(opt) = &mut method {
-                opt.step = saved.optimizer_step;
-            }
-            info!(step = saved.step, "resumed from checkpoint");
-            resumed_from_step = Some(saved.step);
-            state = saved;
+    if let Some(dir) = &ckpt_dir
+        && let Some((saved, tensors)) = checkpoint::load(dir, &shard.shard_id)?
+    {
+        let mut live: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
+        live.extend(method.state_tensors());
+        checkpoint::restore(dir, &tensors, &live)?;
+        if let Method::FirstOrder(opt) = &mut method {
+            opt.step = saved.optimizer_step;
         }
+        info!(step = saved.step, "resumed from checkpoint");
+        resumed_from_step = Some(saved.step);
+        state = saved;
     }
 
     // 5. Placement audit: parameters, optimizer state and a batch, all on the device.
@@ -261,9 +264,20 @@ pub fn run_shard(
                     zo::update(params, z_seed, r.projected_grad, lr, shard.train.weight_decay)?;
                     if let Some(d) = dizo.as_ref() {
                         let interval = u64::from(d.settings.interval.max(1));
-                        if (step + 1) % interval == 0 {
+                        if (step + 1).is_multiple_of(interval) {
                             let round = (step + 1) / interval;
-                            dizo_round(&net, d, &train, &mut dizo_order, round, objective, pad, device, shard.seed, autocast)?;
+                            dizo_round(
+                                &net,
+                                d,
+                                &train,
+                                &mut dizo_order,
+                                round,
+                                objective,
+                                pad,
+                                device,
+                                shard.seed,
+                                autocast,
+                            )?;
                         }
                     }
                     Some(r.loss_plus)
@@ -294,10 +308,15 @@ pub fn run_shard(
                 }
             }
         }
-        if state.step % log_every == 0 || state.step == total_steps {
-            let mean = if recent_loss.is_empty() { f64::NAN } else { recent_loss.iter().sum::<f64>() / recent_loss.len() as f64 };
+        if state.step.is_multiple_of(log_every) || state.step == total_steps {
+            let mean = if recent_loss.is_empty() {
+                f64::NAN
+            } else {
+                recent_loss.iter().sum::<f64>() / recent_loss.len() as f64
+            };
             recent_loss.clear();
-            let mut values = BTreeMap::from([("lr".to_owned(), lr), ("skipped".to_owned(), state.skipped_steps as f64)]);
+            let mut values =
+                BTreeMap::from([("lr".to_owned(), lr), ("skipped".to_owned(), state.skipped_steps as f64)]);
             if mean.is_finite() {
                 values.insert("loss".to_owned(), mean);
             }
@@ -307,18 +326,18 @@ pub fn run_shard(
             sink.emit(WorkerEvent::Metrics { step: state.step, total_steps, kind: "train".into(), values })?;
         }
         let last = state.step == total_steps;
-        if state.step % eval_every == 0 || last {
+        if state.step.is_multiple_of(eval_every) || last {
             evaluate_and_track(&net, &dev, &test, shard, objective, pad, device, autocast, &mut state, sink)?;
         }
-        if let Some(dir) = &ckpt_dir {
-            if (ckpt_every > 0 && state.step % ckpt_every == 0) || last || state.stopped_early {
-                if let Method::FirstOrder(opt) = &method {
-                    state.optimizer_step = opt.step;
-                }
-                let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
-                tensors.extend(method.state_tensors());
-                checkpoint::save(dir, &state, &tensors)?;
+        if let Some(dir) = &ckpt_dir
+            && ((ckpt_every > 0 && state.step.is_multiple_of(ckpt_every)) || last || state.stopped_early)
+        {
+            if let Method::FirstOrder(opt) = &method {
+                state.optimizer_step = opt.step;
             }
+            let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
+            tensors.extend(method.state_tensors());
+            checkpoint::save(dir, &state, &tensors)?;
         }
     }
     drop(_loop);
@@ -522,8 +541,18 @@ fn evaluate_and_track(
     }
     let mut dev_values = dev_metrics;
     dev_values.insert("loss".into(), dev_loss);
-    sink.emit(WorkerEvent::Metrics { step: state.step, total_steps: u64::from(shard.train.max_steps), kind: "dev".into(), values: dev_values })?;
-    sink.emit(WorkerEvent::Metrics { step: state.step, total_steps: u64::from(shard.train.max_steps), kind: "test".into(), values: test_metrics })?;
+    sink.emit(WorkerEvent::Metrics {
+        step: state.step,
+        total_steps: u64::from(shard.train.max_steps),
+        kind: "dev".into(),
+        values: dev_values,
+    })?;
+    sink.emit(WorkerEvent::Metrics {
+        step: state.step,
+        total_steps: u64::from(shard.train.max_steps),
+        kind: "test".into(),
+        values: test_metrics,
+    })?;
     info!(step = state.step, dev = value, improved, "evaluated");
     Ok(())
 }

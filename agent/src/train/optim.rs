@@ -80,7 +80,14 @@ impl AdamW {
                 AdamParam { name, param, exp_avg, exp_avg_sq, step, decay }
             })
             .collect();
-        AdamW { params, step: 0, beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay }
+        AdamW {
+            params,
+            step: 0,
+            beta1: t.adam_beta1,
+            beta2: t.adam_beta2,
+            eps: t.adam_eps,
+            weight_decay: t.weight_decay,
+        }
     }
 
     /// Clears every gradient.

@@ -183,11 +183,8 @@ pub fn collate(
         }
         Encoded::Candidates(v) => {
             let items: Vec<&CandidateExample> = indices.iter().map(|&i| &v[i]).collect();
-            let rows = if train && objective == TrainObjective::GoldLm {
-                CandidateRows::GoldOnly
-            } else {
-                CandidateRows::All
-            };
+            let rows =
+                if train && objective == TrainObjective::GoldLm { CandidateRows::GoldOnly } else { CandidateRows::All };
             Ok(Batch::Candidates(collate_candidates(&items, rows, pad_id, device)?))
         }
     }
@@ -251,7 +248,9 @@ pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
     match net {
         Net::Qwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
         Net::RevQwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
-        Net::Opt(_) => Err(Error::Unsupported("OPT is trained in the prompt format, not with a classifier head".into())),
+        Net::Opt(_) => {
+            Err(Error::Unsupported("OPT is trained in the prompt format, not with a classifier head".into()))
+        }
     }
 }
 
@@ -271,8 +270,10 @@ pub fn predict(net: &Net, batch: &Batch, out: &mut Collected) -> Result<()> {
         (Net::Opt(m), Batch::Candidates(b)) => {
             let scores = option_scores(m, b, false)?;
             let pred = scores.f_view([b.num_examples as i64, b.rows_per_example as i64])?.f_argmax(-1, false)?;
-            out.classes.extend(Vec::<i64>::try_from(&pred.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize));
-            out.labels.extend(Vec::<i64>::try_from(&b.gold.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize));
+            out.classes
+                .extend(Vec::<i64>::try_from(&pred.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize));
+            out.labels
+                .extend(Vec::<i64>::try_from(&b.gold.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize));
         }
         (_, Batch::Classifier(b)) => {
             let logits = classifier_logits(net, b)?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
@@ -283,8 +284,9 @@ pub fn predict(net: &Net, batch: &Batch, out: &mut Collected) -> Result<()> {
             } else {
                 let pred = logits.f_argmax(-1, false)?;
                 out.classes.extend(Vec::<i64>::try_from(&pred)?.into_iter().map(|c| c as usize));
-                out.labels
-                    .extend(Vec::<i64>::try_from(&b.labels.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize));
+                out.labels.extend(
+                    Vec::<i64>::try_from(&b.labels.f_to_device(tch::Device::Cpu)?)?.into_iter().map(|c| c as usize),
+                );
             }
         }
         _ => return Err(Error::Unsupported("batch format does not match the model".into())),

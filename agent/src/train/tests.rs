@@ -340,7 +340,10 @@ fn spsa_restores_parameters_within_rounding() {
         // gradient test) → asserted 1e3·u·|ℓ|; measured ~1.6u·|ℓ| in both precisions.
         let loss_after = zo_loss(&net, &batch).unwrap();
         eprintln!("    loss before {loss_before:.17e}, after {loss_after:.17e}");
-        assert!((loss_after - loss_before).abs() <= 1e3 * u * loss_before.abs(), "{kind:?}: {loss_before} → {loss_after}");
+        assert!(
+            (loss_after - loss_before).abs() <= 1e3 * u * loss_before.abs(),
+            "{kind:?}: {loss_before} → {loss_after}"
+        );
     }
 }
 
@@ -362,6 +365,7 @@ fn dizo_settings(eps_gamma: f64) -> DizoSettings {
 ///   truncation of ~1e-2 relative (measured 1.1e-2 fp64, 2.2e-2 fp32) → asserted 5e-2.
 /// * fp32, ε_γ = 1e-2: ratio steps ~0.3%, truncation ~1e-4, rounding
 ///   6e-8·|ℓ|/1e-2 ~2e-5 against a signal of ~0.2 → asserted 5e-3.
+///
 /// The probe's ratio uses ‖Δ‖ + 1e-8 (reference code), a 3e-9 relative shift.
 ///
 /// Restore bound: apply + unapply is 8 roundings per element (θ−θ⁰, ·r, +θ⁰, the scalar
@@ -835,10 +839,10 @@ struct KillAfter {
 
 impl EventSink for KillAfter {
     fn emit(&mut self, event: WorkerEvent) -> Result<()> {
-        if let WorkerEvent::Metrics { step, .. } = &event {
-            if *step > self.after_step {
-                return Err(Error::Worker { message: "simulated kill".into(), retryable: true });
-            }
+        if let WorkerEvent::Metrics { step, .. } = &event
+            && *step > self.after_step
+        {
+            return Err(Error::Worker { message: "simulated kill".into(), retryable: true });
         }
         self.events.emit(event)
     }

@@ -183,7 +183,7 @@ impl Dizo {
                 let delta = p.param.f_to_kind(work)?.f_sub(&anchor)?;
                 let new = anchor.f_add(&delta.f_mul_scalar(r)?)?.f_to_kind(p.param.kind())?;
                 let mut dst = p.param.shallow_clone();
-                let _ = dst.f_copy_(&new)?;
+                dst.f_copy_(&new)?;
             }
             Ok(())
         })
@@ -247,8 +247,9 @@ impl Dizo {
         loss: &mut dyn FnMut() -> Result<f64>,
     ) -> Result<(f64, f64)> {
         let eps = self.settings.eps_gamma;
-        let ratios =
-            |sign: f64| -> Vec<f64> { gamma.iter().zip(u).zip(norms).map(|((g, u), n)| (g + sign * eps * u) / (n + 1e-8)).collect() };
+        let ratios = |sign: f64| -> Vec<f64> {
+            gamma.iter().zip(u).zip(norms).map(|((g, u), n)| (g + sign * eps * u) / (n + 1e-8)).collect()
+        };
         let lp = self.with_ratios(&ratios(1.0), &mut *loss)?;
         let lm = self.with_ratios(&ratios(-1.0), &mut *loss)?;
         Ok((lp, lm))
