@@ -38,7 +38,7 @@ def main(paths):
         groups[(r["task"], r["model"])].append(r)
     tasks = sorted({t for t, _ in groups}, key=lambda t: ["sst2", "cola", "mrpc", "rte", "stsb"].index(t)
                    if t in ["sst2", "cola", "mrpc", "rte", "stsb"] else 99)
-    print("| task | method | metric | test mean ± std | accuracy mean ± std | n | train s/shard |")
+    print("| task | method | metric | test mean ± std | accuracy mean ± std | n | wall s/shard |")
     print("|---|---|---|---|---|---|---|")
     for task in tasks:
         for model in METHODS:
