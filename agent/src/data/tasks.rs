@@ -875,6 +875,50 @@ mod tests {
         }
     }
 
+    /// MNLI and QQP have no files in the shared data directory; these rows follow the GLUE
+    /// distribution's headers (MNLI's dev files carry five annotator labels before the gold one).
+    #[test]
+    fn mnli_and_qqp_rows_in_the_glue_layout_parse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mnli_header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t\
+                           sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\t\
+                           label5\tgold_label";
+        let mnli = format!(
+            "{mnli_header}\n0\t1\t1n\tfiction\tb\tb\tp\tp\tA man sleeps.\tNobody sleeps.\tcontradiction\t\
+             contradiction\tneutral\tcontradiction\tcontradiction\tcontradiction\n\
+             1\t2\t2e\tslate\tb\tb\tp\tp\tIt rains.\tIt is wet.\tentailment\tentailment\tentailment\t\
+             entailment\tentailment\tentailment\n"
+        );
+        let path = write(tmp.path(), "MNLI/dev_matched.tsv", &mnli);
+        let rows = load_file(TaskId::Mnli, &path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(matches!(
+            &rows[0].input,
+            Input::PremiseHypothesis { premise, hypothesis } if premise == "A man sleeps." && hypothesis == "Nobody sleeps."
+        ));
+        assert!(matches!(rows[0].label, Label::Class(2)) && matches!(rows[1].label, Label::Class(0)));
+
+        let qqp = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n\
+                   7\t13\t14\tHow do I learn Rust?\tWhat is the best way to learn Rust?\t1\n\
+                   8\t15\t16\tWhy is the sky blue?\tHow tall is Everest?\t0\n";
+        let path = write(tmp.path(), "QQP/dev.tsv", qqp);
+        let rows = load_file(TaskId::Qqp, &path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(matches!(
+            &rows[0].input,
+            Input::QuestionPair { question1, question2 }
+                if question1 == "How do I learn Rust?" && question2 == "What is the best way to learn Rust?"
+        ));
+        assert!(matches!(rows[0].label, Label::Class(1)) && matches!(rows[1].label, Label::Class(0)));
+        let bad = write(
+            tmp.path(),
+            "QQP/train.tsv",
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1\t1\t2\ta\tb\tyes\n",
+        );
+        let err = load_file(TaskId::Qqp, &bad).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("unparsable label 'yes'"), "{err}");
+    }
+
     fn stsb_row(score: &str) -> String {
         let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore";
         format!("{header}\n0\tg\tf\ty\t0\tnone\tnone\tA.\tB.\t{score}\n")
