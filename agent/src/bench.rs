@@ -880,9 +880,8 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
         if let Some(o) = &adam {
             tensors.extend(o.state_tensors());
         }
-        // Host-kept anchors (`--dizo-anchors-on-host`) are off the device by design.
-        if let Some(d) = dizo.as_ref().filter(|d| !d.anchors_on_host()) {
-            tensors.extend(d.anchor_tensors());
+        if let Some(d) = &dizo {
+            tensors.extend(d.device_anchor_tensors());
         }
         tensors.extend(batches[0].tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
         audit::ensure_on_device(device, tensors.iter().map(|(n, t)| (n.as_str(), *t)))?;

@@ -96,10 +96,11 @@ enum Method {
 }
 
 impl Method {
+    /// The method's state that must live on the training device (placement audit).
     fn state_tensors(&self) -> Vec<(String, &Tensor)> {
         match self {
             Method::FirstOrder(opt) => opt.state_tensors(),
-            Method::ZerothOrder { dizo, .. } => dizo.as_ref().map(|d| d.anchor_tensors()).unwrap_or_default(),
+            Method::ZerothOrder { dizo, .. } => dizo.as_ref().map(|d| d.device_anchor_tensors()).unwrap_or_default(),
         }
     }
 }
@@ -216,14 +217,7 @@ pub fn run_shard(
     {
         let probe = task_model::collate(&train, &order.indices(0), objective, true, pad, device)?;
         let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        let host_anchors = matches!(&method, Method::ZerothOrder { dizo: Some(d), .. } if d.anchors_on_host());
-        if host_anchors {
-            // `dizo.anchors_on_host` keeps θ⁰ in host memory on purpose; everything else
-            // must still be on the device.
-            info!("DiZO anchors are kept in host memory (dizo.anchors_on_host)");
-        } else {
-            tensors.extend(method.state_tensors());
-        }
+        tensors.extend(method.state_tensors());
         tensors.extend(probe.tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
         audit::ensure_on_device(device, tensors.iter().map(|(n, t)| (n.as_str(), *t)))?;
         audited = tensors.len();

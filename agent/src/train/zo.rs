@@ -158,6 +158,9 @@ impl Dizo {
         if projected.is_empty() {
             return Err(Error::Unsupported("DiZO found no self_attn.k_proj/v_proj weights to project".into()));
         }
+        if offload {
+            tracing::info!("DiZO anchors are kept in host memory (dizo.anchors_on_host)");
+        }
         Ok(Dizo { settings, projected })
     }
 
@@ -166,10 +169,10 @@ impl Dizo {
         tch::no_grad(|| self.projected.iter().map(|p| norm(&p.param.f_sub(&p.anchor_on_device()?)?)).collect())
     }
 
-    /// Whether the anchors are kept in host memory (they are then exempt from the
-    /// device-placement audit, by this setting).
+    /// Whether `dizo.anchors_on_host` asks for the anchors in host memory. Read from the
+    /// setting, not off the tensors, so an anchor misplaced by a bug still fails the audit.
     pub fn anchors_on_host(&self) -> bool {
-        self.projected.first().is_some_and(|p| p.anchor.device() != p.param.device())
+        self.settings.anchors_on_host
     }
 
     /// θ_l ← θ⁰_l + r_l·(θ_l − θ⁰_l) for ratios `r`, in place.
@@ -264,9 +267,15 @@ impl Dizo {
         out
     }
 
-    /// Anchors with names (placement audit and checkpoints).
+    /// Anchors with names (checkpoints, memory accounting).
     pub fn anchor_tensors(&self) -> Vec<(String, &Tensor)> {
         self.projected.iter().map(|p| (format!("dizo.anchor.{}", p.name), &p.anchor)).collect()
+    }
+
+    /// The anchors the placement audit holds to the training device: all of them, or none
+    /// when `dizo.anchors_on_host` keeps them in host memory by design.
+    pub fn device_anchor_tensors(&self) -> Vec<(String, &Tensor)> {
+        if self.anchors_on_host() { Vec::new() } else { self.anchor_tensors() }
     }
 }
 
