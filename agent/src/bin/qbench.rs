@@ -51,92 +51,167 @@ struct Common {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Qwen3 vs Reversible Qwen3 training step over depth (Qwen3-0.6B width).
-    Qwen3Depth {
-        #[command(flatten)]
-        common: Common,
-        /// Layer counts.
-        #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8, 16, 28])]
-        depths: Vec<i64>,
-        #[arg(long, default_value_t = 1024)]
-        hidden: i64,
-        #[arg(long, default_value_t = 16)]
-        heads: i64,
-        #[arg(long, default_value_t = 8)]
-        kv_heads: i64,
-        #[arg(long, default_value_t = 128)]
-        head_dim: i64,
-        #[arg(long, default_value_t = 3072)]
-        intermediate: i64,
-        #[arg(long, default_value_t = 151_936)]
-        vocab: i64,
-        #[arg(long, default_value_t = 8)]
-        batch: i64,
-        #[arg(long, default_value_t = 512)]
-        seq: i64,
-        /// `cls` (2-label classification, last token) or `lm` (next-token loss, all positions).
-        #[arg(long, value_enum, default_value_t = Head::Cls)]
-        head: Head,
-        /// Models to sweep.
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [QwenModel::Qwen3, QwenModel::RevQwen3])]
-        models: Vec<QwenModel>,
-        #[arg(long, default_value_t = 1e-5)]
-        lr: f64,
-        #[arg(long, default_value_t = 0.01)]
-        weight_decay: f64,
-        /// Gradient-norm clip (0 = off); the trainer clips at 1.0.
-        #[arg(long, default_value_t = 1.0)]
-        grad_clip: f64,
-    },
+    Qwen3Depth(Qwen3Depth),
     /// Zeroth-order OPT: inference vs MeZO vs DiZO vs AdamW FT (OPT-1.3b shape).
-    ZoOpt {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long, default_value_t = 2048)]
-        hidden: i64,
-        #[arg(long, default_value_t = 24)]
-        layers: i64,
-        #[arg(long, default_value_t = 32)]
-        heads: i64,
-        #[arg(long, default_value_t = 8192)]
-        ffn: i64,
-        #[arg(long, default_value_t = 50_272)]
-        vocab: i64,
-        /// Examples per step (each expands into `--candidates` rows).
-        #[arg(long, default_value_t = 16)]
-        batch: i64,
-        #[arg(long, default_value_t = 2)]
-        candidates: i64,
-        /// Tokens per candidate row.
-        #[arg(long, default_value_t = 256)]
-        seq: i64,
-        #[arg(long, default_value_t = 1)]
-        option_len: i64,
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ZoMethod::Inference, ZoMethod::Mezo, ZoMethod::Dizo, ZoMethod::Ft])]
-        methods: Vec<ZoMethod>,
-        /// Weight storage: fp32, or fp16 as the MeZO reference (not with ft or bf16).
-        #[arg(long, value_enum, default_value_t = Weights::Fp32)]
-        weights: Weights,
-        #[arg(long, default_value_t = 1e-6)]
-        zo_lr: f64,
-        #[arg(long, default_value_t = 1e-3)]
-        zo_eps: f64,
-        #[arg(long, default_value_t = 1e-5)]
-        ft_lr: f64,
-        #[arg(long, default_value_t = 1.0)]
-        grad_clip: f64,
-        /// DiZO κ: a projection round every this many steps.
-        #[arg(long, default_value_t = 50)]
-        dizo_interval: u32,
-        /// DiZO J: SPSA iterations on γ per round.
-        #[arg(long, default_value_t = 10)]
-        dizo_inner_iters: u32,
-        /// Timed projection rounds.
-        #[arg(long, default_value_t = 1)]
-        dizo_rounds: usize,
-        /// Keep DiZO's anchors in pinned host memory (`dizo.anchors_on_host`).
-        #[arg(long)]
-        dizo_anchors_on_host: bool,
-    },
+    ZoOpt(ZoOpt),
+}
+
+// Flag defaults are read from the library's `Default` impls, the one place they are set.
+fn qwen3_default() -> bench::Qwen3DepthArgs {
+    bench::Qwen3DepthArgs::default()
+}
+
+fn zo_default() -> bench::ZoOptArgs {
+    bench::ZoOptArgs::default()
+}
+
+#[derive(Args, Debug)]
+struct Qwen3Depth {
+    #[command(flatten)]
+    common: Common,
+    /// Layer counts.
+    #[arg(long, value_delimiter = ',', default_values_t = qwen3_default().depths)]
+    depths: Vec<i64>,
+    #[arg(long, default_value_t = qwen3_default().hidden)]
+    hidden: i64,
+    #[arg(long, default_value_t = qwen3_default().heads)]
+    heads: i64,
+    #[arg(long, default_value_t = qwen3_default().kv_heads)]
+    kv_heads: i64,
+    #[arg(long, default_value_t = qwen3_default().head_dim)]
+    head_dim: i64,
+    #[arg(long, default_value_t = qwen3_default().intermediate)]
+    intermediate: i64,
+    #[arg(long, default_value_t = qwen3_default().vocab)]
+    vocab: i64,
+    #[arg(long, default_value_t = qwen3_default().batch)]
+    batch: i64,
+    #[arg(long, default_value_t = qwen3_default().seq)]
+    seq: i64,
+    /// `cls` (2-label classification, last token) or `lm` (next-token loss, all positions).
+    #[arg(long, value_enum, default_value_t = qwen3_default().head)]
+    head: Head,
+    /// Models to sweep.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = qwen3_default().models)]
+    models: Vec<QwenModel>,
+    #[arg(long, default_value_t = qwen3_default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = qwen3_default().weight_decay)]
+    weight_decay: f64,
+    /// Gradient-norm clip (0 = off); the trainer clips at 1.0.
+    #[arg(long, default_value_t = qwen3_default().grad_clip)]
+    grad_clip: f64,
+}
+
+impl Qwen3Depth {
+    fn into_args(self) -> bench::Qwen3DepthArgs {
+        bench::Qwen3DepthArgs {
+            depths: self.depths,
+            hidden: self.hidden,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            intermediate: self.intermediate,
+            vocab: self.vocab,
+            batch: self.batch,
+            seq: self.seq,
+            steps: self.common.steps,
+            warmup: self.common.warmup,
+            head: self.head,
+            models: self.models,
+            precision: self.common.precision,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            seed: self.common.seed,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ZoOpt {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = zo_default().hidden)]
+    hidden: i64,
+    #[arg(long, default_value_t = zo_default().layers)]
+    layers: i64,
+    #[arg(long, default_value_t = zo_default().heads)]
+    heads: i64,
+    #[arg(long, default_value_t = zo_default().ffn)]
+    ffn: i64,
+    #[arg(long, default_value_t = zo_default().vocab)]
+    vocab: i64,
+    /// Examples per step (each expands into `--candidates` rows).
+    #[arg(long, default_value_t = zo_default().batch)]
+    batch: i64,
+    #[arg(long, default_value_t = zo_default().candidates)]
+    candidates: i64,
+    /// Tokens per candidate row.
+    #[arg(long, default_value_t = zo_default().seq)]
+    seq: i64,
+    #[arg(long, default_value_t = zo_default().option_len)]
+    option_len: i64,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = zo_default().methods)]
+    methods: Vec<ZoMethod>,
+    /// Weight storage: fp32, or fp16 as the MeZO reference (not with ft or bf16).
+    #[arg(long, value_enum, default_value_t = zo_default().weights)]
+    weights: Weights,
+    #[arg(long, default_value_t = zo_default().zo_lr)]
+    zo_lr: f64,
+    #[arg(long, default_value_t = zo_default().zo_eps)]
+    zo_eps: f64,
+    #[arg(long, default_value_t = zo_default().ft_lr)]
+    ft_lr: f64,
+    #[arg(long, default_value_t = zo_default().grad_clip)]
+    grad_clip: f64,
+    /// DiZO κ: a projection round every this many steps.
+    #[arg(long, default_value_t = zo_default().dizo.interval)]
+    dizo_interval: u32,
+    /// DiZO J: SPSA iterations on γ per round.
+    #[arg(long, default_value_t = zo_default().dizo.inner_iters)]
+    dizo_inner_iters: u32,
+    /// Timed projection rounds.
+    #[arg(long, default_value_t = zo_default().dizo_rounds)]
+    dizo_rounds: usize,
+    /// Keep DiZO's anchors in pinned host memory (`dizo.anchors_on_host`).
+    #[arg(long)]
+    dizo_anchors_on_host: bool,
+}
+
+impl ZoOpt {
+    fn into_args(self) -> bench::ZoOptArgs {
+        let defaults = zo_default();
+        bench::ZoOptArgs {
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            ffn: self.ffn,
+            vocab: self.vocab,
+            batch: self.batch,
+            candidates: self.candidates,
+            seq: self.seq,
+            option_len: self.option_len,
+            steps: self.common.steps,
+            warmup: self.common.warmup,
+            methods: self.methods,
+            precision: self.common.precision,
+            weights: self.weights,
+            zo_lr: self.zo_lr,
+            zo_eps: self.zo_eps,
+            ft_lr: self.ft_lr,
+            grad_clip: self.grad_clip,
+            dizo: shared::scale::DizoSettings {
+                interval: self.dizo_interval,
+                inner_iters: self.dizo_inner_iters,
+                anchors_on_host: self.dizo_anchors_on_host,
+                ..defaults.dizo
+            },
+            dizo_rounds: self.dizo_rounds,
+            seed: self.common.seed,
+            ..defaults
+        }
+    }
 }
 
 fn print(v: &serde_json::Value) -> agent::Result<()> {
@@ -153,100 +228,13 @@ fn setup(common: &Common) -> agent::Result<agent::device::PinnedDevice> {
 
 fn run(cli: Cli) -> agent::Result<bench::Outcome> {
     match cli.command {
-        Command::Qwen3Depth {
-            common,
-            depths,
-            hidden,
-            heads,
-            kv_heads,
-            head_dim,
-            intermediate,
-            vocab,
-            batch,
-            seq,
-            head,
-            models,
-            lr,
-            weight_decay,
-            grad_clip,
-        } => {
-            let pinned = setup(&common)?;
-            let args = bench::Qwen3DepthArgs {
-                depths,
-                hidden,
-                heads,
-                kv_heads,
-                head_dim,
-                intermediate,
-                vocab,
-                batch,
-                seq,
-                steps: common.steps,
-                warmup: common.warmup,
-                head,
-                models,
-                precision: common.precision,
-                lr,
-                weight_decay,
-                grad_clip,
-                seed: common.seed,
-            };
-            bench::run_qwen3_depth(&pinned, &args, &mut print)
+        Command::Qwen3Depth(cmd) => {
+            let pinned = setup(&cmd.common)?;
+            bench::run_qwen3_depth(&pinned, &cmd.into_args(), &mut print)
         }
-        Command::ZoOpt {
-            common,
-            hidden,
-            layers,
-            heads,
-            ffn,
-            vocab,
-            batch,
-            candidates,
-            seq,
-            option_len,
-            methods,
-            weights,
-            zo_lr,
-            zo_eps,
-            ft_lr,
-            grad_clip,
-            dizo_interval,
-            dizo_inner_iters,
-            dizo_rounds,
-            dizo_anchors_on_host,
-        } => {
-            let pinned = setup(&common)?;
-            let defaults = bench::ZoOptArgs::default();
-            let args = bench::ZoOptArgs {
-                hidden,
-                layers,
-                heads,
-                ffn,
-                vocab,
-                batch,
-                candidates,
-                seq,
-                option_len,
-                steps: common.steps,
-                warmup: common.warmup,
-                methods,
-                precision: common.precision,
-                weights,
-                zo_lr,
-                zo_eps,
-                ft_lr,
-                grad_clip,
-                dizo: shared::scale::DizoSettings {
-                    interval: dizo_interval,
-                    inner_iters: dizo_inner_iters,
-                    anchors_on_host: dizo_anchors_on_host,
-                    ..defaults.dizo
-                },
-                dizo_rounds,
-                seed: common.seed,
-                ..defaults
-            };
-            bench::run_zo_opt(&pinned, &args, &mut print)
+        Command::ZoOpt(cmd) => {
+            let pinned = setup(&cmd.common)?;
+            bench::run_zo_opt(&pinned, &cmd.into_args(), &mut print)
         }
     }
 }
