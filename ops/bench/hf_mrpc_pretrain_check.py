@@ -33,20 +33,25 @@ PAD = 151643  # <|endoftext|>, also the document separator in the pretraining st
 MAX_SEQ_LEN = 64
 
 
-def tsv_rows(path):
+def tsv_rows(path, columns, header=True):
+    """The rows of a GLUE TSV file; a row with fewer than `columns` fields is an error."""
     csv.field_size_limit(10**8)
     with open(path, encoding="utf-8-sig") as f:
-        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1 if header else 0:]
+    for number, row in enumerate(rows, start=2 if header else 1):
+        if len(row) < columns:
+            raise SystemExit(f"{path}:{number}: {len(row)} fields, expected at least {columns}")
+    return rows
 
 
 def pretraining_texts(data):
     g = f"{data}/glue"
-    texts = [r[0] for r in tsv_rows(f"{g}/SST-2/train.tsv")[1:]]
-    texts += [r[3] for r in tsv_rows(f"{g}/CoLA/train.tsv")]
-    texts += [r[3] + "\n" + r[4] for r in tsv_rows(f"{g}/MRPC/train.tsv")[1:] if len(r) >= 5]
-    texts += [r[7] + "\n" + r[8] for r in tsv_rows(f"{g}/STS-B/train.tsv")[1:] if len(r) >= 9]
-    texts += [r[1] + "\n" + r[2] for r in tsv_rows(f"{g}/RTE/train.tsv")[1:] if len(r) >= 3]
-    texts += [r[1] + "\n" + r[2] for r in tsv_rows(f"{g}/WNLI/train.tsv")[1:] if len(r) >= 3]
+    texts = [r[0] for r in tsv_rows(f"{g}/SST-2/train.tsv", 1)]
+    texts += [r[3] for r in tsv_rows(f"{g}/CoLA/train.tsv", 4, header=False)]
+    texts += [r[3] + "\n" + r[4] for r in tsv_rows(f"{g}/MRPC/train.tsv", 5)]
+    texts += [r[7] + "\n" + r[8] for r in tsv_rows(f"{g}/STS-B/train.tsv", 9)]
+    texts += [r[1] + "\n" + r[2] for r in tsv_rows(f"{g}/RTE/train.tsv", 3)]
+    texts += [r[1] + "\n" + r[2] for r in tsv_rows(f"{g}/WNLI/train.tsv", 3)]
     return texts
 
 
@@ -84,10 +89,9 @@ def pretrain(ids, cfg, device, seed, epochs, block=128, batch=64, lr=1e-3):
 
 def mrpc_split(data, tok, split):
     out = []
-    for r in tsv_rows(f"{data}/glue/MRPC/{split}.tsv")[1:]:
-        if len(r) >= 5:
-            text = "Sentence 1: " + r[3].strip() + "\nSentence 2: " + r[4].strip()
-            out.append((tok.encode(text).ids[:MAX_SEQ_LEN], int(r[0])))
+    for r in tsv_rows(f"{data}/glue/MRPC/{split}.tsv", 5):
+        text = "Sentence 1: " + r[3].strip() + "\nSentence 2: " + r[4].strip()
+        out.append((tok.encode(text).ids[:MAX_SEQ_LEN], int(r[0])))
     return out
 
 
@@ -122,7 +126,9 @@ def finetune(train_all, test, cfg, init, lr, seed, device, steps=1000, batch=16,
     model = Qwen3ForSequenceClassification(cfg).to(device)
     if init is not None:
         # The classifier's `score` head stays random; the LM head is tied to the embeddings.
-        model.load_state_dict({k: v for k, v in init.items() if not k.startswith("lm_head")}, strict=False)
+        loaded = model.load_state_dict({k: v for k, v in init.items() if not k.startswith("lm_head")}, strict=False)
+        if loaded.unexpected_keys or loaded.missing_keys != ["score.weight"]:
+            raise SystemExit(f"pretrained weights do not fit the classifier: {loaded}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = linear_schedule(opt, 4, steps)
     best = {"dev_f1": -1.0}
