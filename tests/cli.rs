@@ -49,6 +49,30 @@ async fn bad_submissions_fail_clearly_and_enqueue_nothing() {
     assert_fails(&out, "127.0.0.1:1");
     assert!(!text(&out).1.contains("s3cret"));
 
+    // Passwords with raw reserved characters ('?', '/', '#') are redacted as well, from
+    // every command and from a URL read from a file.
+    for (flag, url, secret) in [
+        ("--amqp", "amqp://guest:S1pa?ssX@127.0.0.1:5672/%2f", "ssX"),
+        ("--amqp", "amqp://guest:S1pa/ssX@127.0.0.1:5672/%2f", "ssX"),
+        ("--amqp", "amqp://guest:S1pa#ssX@127.0.0.1:5672/%2f", "ssX"),
+        ("--redis", "redis://:S1pa/ssX@127.0.0.1:1", "ssX"),
+        ("--redis", "redis://:S1pa#ssX@127.0.0.1:1", "ssX"),
+    ] {
+        for command in [&["dead-letters"][..], &["submit", "--models", "qwen3"][..], &["status", "r-1"][..]] {
+            let mut args = vec![flag, url];
+            args.extend_from_slice(command);
+            let out = fleet.qsched(&args);
+            let (stdout, stderr) = text(&out);
+            assert!(!stdout.contains(secret) && !stderr.contains(secret), "{url} {command:?} leaked:\n{stderr}");
+            assert!(!stderr.contains("S1pa"), "{url} {command:?} leaked:\n{stderr}");
+        }
+    }
+    let secret_file = dir.path().join("amqp-url");
+    std::fs::write(&secret_file, "amqp://guest:s3cret@127.0.0.1:1/%2f\n").unwrap();
+    let out = fleet.qsched(&["--amqp-file", secret_file.to_str().unwrap(), "submit", "--models", "qwen3"]);
+    assert_fails(&out, "127.0.0.1:1");
+    assert!(!text(&out).1.contains("s3cret"));
+
     // Nothing reached the queues or the store.
     assert_eq!(fleet.broker().queue_depth(DeviceClass::Cpu).await.unwrap(), 0);
     assert_eq!(fleet.broker().queue_depth(DeviceClass::Cuda).await.unwrap(), 0);

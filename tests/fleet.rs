@@ -55,7 +55,7 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
         let agents = fleet.store.agents().await.unwrap();
         if let Some(a) = agents.iter().find(|a| a.agent.ends_with(&suffix))
             && let (Some((r, s)), Some(step)) = (&a.current, a.step)
-            && r == &run
+            && r == run.as_str()
             && step >= 20
         {
             break s.clone();
@@ -112,7 +112,7 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert_eq!(local["config"]["evaluations"], redone.config["evaluations"]);
     // Checkpoints of finished shards are removed once their results are stored.
     let leftover: Vec<_> =
-        std::fs::read_dir(checkpoints.path().join(&run)).map(|d| d.flatten().collect()).unwrap_or_default();
+        std::fs::read_dir(checkpoints.path().join(run.as_str())).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(leftover.is_empty(), "checkpoints left behind: {leftover:?}");
     // Exactly one result key per shard in Redis.
     let mut raw = fleet.store.raw().await;
@@ -196,7 +196,7 @@ async fn status_agents_cancel_and_retry() {
     }
     tokio::time::sleep(Duration::from_secs(6)).await; // at least one heartbeat with a step
     let (agents, _) = text(&fleet.qsched(&["agents"]));
-    assert!(agents.contains("cpu") && agents.contains(&run), "{agents}");
+    assert!(agents.contains("cpu") && agents.contains(run.as_str()), "{agents}");
     let (status, _) = text(&fleet.qsched(&["status", &run]));
     assert!(status.contains("running 1") && status.contains("queued 1"), "{status}");
 

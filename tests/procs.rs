@@ -49,6 +49,14 @@ impl Fleet {
         Fleet { prefix, broker, store: TestStore { store, config } }
     }
 
+    /// A fleet on `broker` (made with its own settings under `prefix`) and the test Redis.
+    pub async fn with_broker(prefix: &str, broker: TestBroker) -> Self {
+        assert_eq!(broker.config.prefix, prefix, "broker and store share the prefix");
+        let config = RedisConfig::new(redis_url()).with_prefix(prefix.to_owned());
+        let store = RedisStore::connect_with(config.clone()).await.expect("connect to Redis");
+        Fleet { prefix: prefix.to_owned(), broker, store: TestStore { store, config } }
+    }
+
     pub fn broker(&self) -> &AmqpBroker {
         &self.broker.broker
     }

@@ -15,7 +15,7 @@ use crate::util::{PrivateRedis, TestStore};
 
 fn run_record(run: &str, created_at: f64, shards: &[&str]) -> RunRecord {
     RunRecord {
-        run_id: run.to_owned(),
+        run_id: shared::RunId::new(run).unwrap(),
         name: "glue-tiny".to_owned(),
         created_at,
         shard_count: shards.len() as u32,
@@ -147,7 +147,13 @@ async fn put_result_is_exactly_once_under_concurrency() {
 async fn set_state_never_downgrades_a_terminal_state() {
     let s = TestStore::new("states").await;
     s.put_run(&run_record("r", 1.0, &["a", "b", "c"])).await.unwrap();
-    assert!(s.states("r").await.unwrap().values().all(|st| *st == ShardState::Queued));
+    // Recorded before the broker confirmed anything; queued once it has.
+    assert!(s.states("r").await.unwrap().values().all(|st| *st == ShardState::Unpublished));
+    s.set_state("r", "c", ShardState::Running).await.unwrap();
+    s.mark_published("r", &["a".into(), "b".into(), "c".into()]).await.unwrap();
+    let states = s.states("r").await.unwrap();
+    assert_eq!((states["a"], states["b"]), (ShardState::Queued, ShardState::Queued));
+    assert_eq!(states["c"], ShardState::Running, "an agent that started it first wins");
 
     s.set_state("r", "a", ShardState::Running).await.unwrap();
     assert_eq!(s.states("r").await.unwrap()["a"], ShardState::Running);
@@ -172,7 +178,7 @@ async fn set_state_never_downgrades_a_terminal_state() {
     let states = s.states("r").await.unwrap();
     assert_eq!(states["a"], ShardState::Running);
     assert_eq!(states["c"], ShardState::Succeeded);
-    assert_eq!(states["d"], ShardState::Queued);
+    assert_eq!(states["d"], ShardState::Unpublished);
 }
 
 #[tokio::test]

@@ -20,3 +20,6 @@ mod fleet;
 
 // One trace id from submit to the agent's spans.
 mod trace;
+
+// Hostile messages and service outages: nothing lost, nothing outside the roots touched.
+mod chaos;

@@ -81,6 +81,9 @@ pub enum Error {
         /// Whether another attempt may succeed (killed by a signal, OOM).
         retryable: bool,
     },
+    /// A shard asked for something this agent does not allow (a path outside its roots).
+    #[error("refused: {0}")]
+    Refused(String),
     /// The shard was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -120,6 +123,7 @@ impl Error {
             | Error::Device(_)
             | Error::Placement { .. }
             | Error::Diverged(_)
+            | Error::Refused(_)
             | Error::Cancelled => false,
         }
     }

@@ -6,11 +6,13 @@
 //! - `data`: task loaders, tokenizers, prompt templates, seeded splits; `metrics`: task metrics.
 //! - `train`: training methods (AdamW, reversible backprop, MeZO, DiZO), evaluation, checkpoints.
 //! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
+//! - `confine`: every filesystem path built from a message, kept under its root.
 //! - `inspect`: `qagent inspect`, checking a Hugging Face checkpoint.
 //! - `bench`: the `qbench` harness (Qwen3 depth sweep, zeroth-order OPT figure).
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod confine;
 pub mod data;
 pub mod device;
 pub mod error;

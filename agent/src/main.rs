@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! qagent --device cpu|cuda:N [--amqp URL] [--redis URL] [--data-dir DIR] [--checkpoint-dir DIR]
+//!        [--model-root DIR]…
 //! qagent inspect --model-dir DIR [--tokens FILE] [--device D]
 //! ```
 
@@ -42,12 +43,24 @@ struct RunArgs {
     /// Redis URL.
     #[arg(long, env = "QSCHED_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     redis: String,
+    /// Read the RabbitMQ URL from this file (first line) instead of --amqp / QSCHED_AMQP_URL:
+    /// keeps the password out of `ps`.
+    #[arg(long, value_name = "FILE")]
+    amqp_file: Option<PathBuf>,
+    /// Read the Redis URL from this file (first line) instead of --redis / QSCHED_REDIS_URL:
+    /// keeps the password out of `ps`.
+    #[arg(long, value_name = "FILE")]
+    redis_file: Option<PathBuf>,
     /// Data directory holding `glue/` and `tokenizers/`.
     #[arg(long, env = "QSCHED_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Where shard checkpoints are written (shared storage on a fleet); resume needs it.
     #[arg(long, env = "QSCHED_CHECKPOINT_DIR")]
     checkpoint_dir: Option<PathBuf>,
+    /// A directory a shard's pretrained weights may be read from (repeatable). A shard
+    /// naming a model directory outside every root fails with the reason.
+    #[arg(long = "model-root", value_name = "DIR")]
+    model_roots: Vec<PathBuf>,
     /// Intra-op CPU threads per shard (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: u32,
@@ -144,14 +157,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     }
-    let mut amqp = shared::amqp::AmqpConfig::new(args.amqp.clone()).with_prefix(args.prefix.clone());
+    let amqp_url = match &args.amqp_file {
+        Some(path) => shared::secrets::read_url_file(path)?,
+        None => args.amqp.clone(),
+    };
+    let redis_url = match &args.redis_file {
+        Some(path) => shared::secrets::read_url_file(path)?,
+        None => args.redis.clone(),
+    };
+    let mut amqp = shared::amqp::AmqpConfig::new(amqp_url).with_prefix(args.prefix.clone());
     amqp.delivery_limit = args.delivery_limit;
     amqp.consumer_timeout = Some(args.consumer_timeout_hours);
     let broker = shared::amqp::AmqpBroker::connect(amqp).await?;
-    let store = shared::redis_store::RedisStore::connect(&args.redis, &args.prefix).await?;
+    let store = shared::redis_store::RedisStore::connect(&redis_url, &args.prefix).await?;
     let mut cfg = AgentConfig::new(device, data_dir)?;
     cfg.gpu_name = pinned.gpu_name.clone();
     cfg.checkpoint_dir = args.checkpoint_dir;
+    for root in &args.model_roots {
+        if !root.is_dir() {
+            bail!("--model-root {} is not a directory", root.display());
+        }
+    }
+    cfg.model_roots = args.model_roots;
     cfg.threads = args.threads;
     cfg.delivery_limit = args.delivery_limit;
     cfg.max_shards = args.max_shards;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 
 /// Version of the protocol; the supervisor and worker are the same binary, but an
 /// installed agent may be upgraded while a worker of the old version still runs.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted (a final outcome with its config is a few KiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -33,6 +33,8 @@ pub struct WorkerRequest {
     pub data_dir: PathBuf,
     /// Where checkpoints go (shared storage on a fleet); `None` disables them.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Directories pretrained weights may be read from (`qagent --model-root`).
+    pub model_roots: Vec<PathBuf>,
     /// Intra-op CPU threads.
     pub threads: u32,
     /// Trace context of the supervisor's `shard.process` span.

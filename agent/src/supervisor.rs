@@ -7,6 +7,15 @@
 //! A retryable failure is rejected back to the queue until the delivery limit; the last
 //! attempt's failure is stored as a failed result so it is always visible.
 //!
+//! A store (Redis) outage costs time, never a shard: every store call made while a
+//! delivery is held is retried until the store answers again (or the agent shuts down),
+//! with the delivery kept unacked meanwhile. Prefetch 1 means the agent then takes no
+//! other work, nothing is rejected, and no delivery counts toward its limit; the agent
+//! logs what it is waiting for. A message that cannot even be dead-lettered by
+//! publishing (too large for the publish limit, say) is rejected without requeue, which
+//! sends it to the dead-letter exchange by the queue's own policy: it never crashes the
+//! agent.
+//!
 //! Everything here is I/O on the tokio runtime; training happens in the worker process,
 //! so AMQP heartbeats and Redis writes are never starved by a long step.
 
@@ -33,6 +42,14 @@ use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEve
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts (the agent keeps trying until shutdown).
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// First wait before retrying a store call that failed transiently.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between store retries during an outage.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often an ongoing store outage is reported in the log.
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// Bytes of an oversized message's body kept in its dead-letter record.
+const DEAD_LETTER_EXCERPT_BYTES: usize = 4096;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -45,6 +62,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Checkpoint directory passed to workers.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Directories a shard's pretrained weights may come from (`--model-root`).
+    pub model_roots: Vec<PathBuf>,
     /// Intra-op CPU threads per worker (0 = libtorch's default).
     pub threads: u32,
     /// Program and arguments that start a worker (`[qagent, "worker"]`).
@@ -78,6 +97,7 @@ impl AgentConfig {
             gpu_name: None,
             data_dir,
             checkpoint_dir: None,
+            model_roots: Vec::new(),
             threads: 0,
             worker_command: vec![exe.into_os_string(), "worker".into()],
             heartbeat_interval: Duration::from_secs(5),
@@ -168,8 +188,9 @@ pub async fn run(
                 {
                     Ok(Flow::Continue) => continue,
                     Ok(Flow::Stop) => break Ok(()),
-                    // A dropped connection while settling: the broker requeues the
-                    // delivery, and a stored result makes the redelivery a no-op.
+                    // A dropped broker connection while settling: the broker requeues the
+                    // delivery, and a stored result makes the redelivery a no-op. (Store
+                    // outages never get here: they are waited out while the delivery is held.)
                     Err(e) if e.is_retryable() => e.to_string(),
                     Err(e) => break Err(e),
                 }
@@ -178,8 +199,11 @@ pub async fn run(
             Some(Err(e)) => break Err(Error::Shared(e)),
             None => "the broker closed the consumer".to_owned(),
         };
-        // The connection (or channel) is gone: consume again once the broker is back.
+        // The connection (or channel) is gone: close what is left of the old consumer
+        // first (so it holds no delivery of its own), then consume again once the broker
+        // is back.
         warn!(error = %lost, "consumer lost; reconnecting");
+        drop(consumer);
         let mut reconnected = None;
         loop {
             tokio::select! {
@@ -238,9 +262,56 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
     }
 }
 
-fn run_and_shard(message_id: Option<&str>) -> Option<(String, String)> {
-    let (run, shard) = message_id?.split_once(':')?;
-    Some((run.to_owned(), shard.to_owned()))
+/// Waits out a store outage: runs `op` until it succeeds, retrying transient failures with
+/// backoff and reporting the outage in the log. `None` when the agent is shutting down
+/// first. A permanent error is returned as it is.
+async fn until_stored<T, F, Fut>(
+    what: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    mut op: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = shared::Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = STORE_RETRY_MIN;
+    let mut reported: Option<tokio::time::Instant> = None;
+    loop {
+        match op().await {
+            Ok(value) => {
+                if reported.is_some() {
+                    info!(waited_s = started.elapsed().as_secs(), "the store answers again; {what} done");
+                }
+                return Ok(Some(value));
+            }
+            Err(e) if e.is_transient() => {
+                if reported.is_none_or(|at| at.elapsed() >= OUTAGE_REPORT_EVERY) {
+                    warn!(error = %e, waiting_s = started.elapsed().as_secs(),
+                        "the store is unavailable; holding the delivery (not rejected, not counted) until it answers, to {what}");
+                    reported = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = &mut *shutdown => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(STORE_RETRY_MAX);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// An oversized body is replaced in its dead-letter record by an excerpt, with its size
+/// and sha256 in the headers, so that the record itself fits the publish limit.
+fn dead_letter_body(body: &[u8], headers: &mut BTreeMap<String, String>, max_bytes: usize) -> Vec<u8> {
+    if body.len() <= max_bytes {
+        return body.to_vec();
+    }
+    use sha2::Digest;
+    headers.insert("x-qsched-original-size".into(), body.len().to_string());
+    headers.insert("x-qsched-original-sha256".into(), hex::encode(sha2::Sha256::digest(body)));
+    body[..DEAD_LETTER_EXCERPT_BYTES.min(max_bytes)].to_vec()
 }
 
 async fn dead_letter(
@@ -249,13 +320,24 @@ async fn dead_letter(
     store: &dyn Store,
     delivery: Delivery,
     reason: String,
-) -> Result<()> {
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Flow> {
     warn!(reason = %reason, message_id = ?delivery.message_id, "dead-lettering a message");
     let mut headers = delivery.headers.clone();
     if let Some(id) = &delivery.message_id {
         headers.insert("message-id".into(), id.clone());
     }
-    broker.dead_letter(delivery.body.clone(), headers.clone(), &reason).await?;
+    let body = dead_letter_body(&delivery.body, &mut headers, cfg.max_message_bytes);
+    if let Err(e) = broker.dead_letter(body, headers.clone(), &reason).await {
+        if e.is_transient() {
+            return Err(e.into());
+        }
+        // Whatever this message is, it must not stop the agent: the queue's own
+        // dead-letter exchange takes it (with the broker's reason, "rejected").
+        warn!(error = %e, "cannot publish the dead letter; rejecting the message to the dead-letter exchange");
+        delivery.reject(false).await?;
+        return Ok(Flow::Continue);
+    }
     let record = DeadLetterRecord {
         letter: shared::broker::DeadLetter {
             message_id: delivery.message_id.clone(),
@@ -267,12 +349,20 @@ async fn dead_letter(
         agent: cfg.agent_id.clone(),
         at: unix_now(),
     };
-    store.record_dead_letter(&record).await?;
-    if let Some((run, shard)) = run_and_shard(delivery.message_id.as_deref()) {
-        store.set_state(&run, &shard, ShardState::Dead).await?;
+    if until_stored("record the dead letter", shutdown, || store.record_dead_letter(&record)).await?.is_none() {
+        delivery.nack_requeue().await?;
+        return Ok(Flow::Stop);
+    }
+    if let Some((run, shard)) = delivery.message_id.as_deref().and_then(shared::names::parse_message_id)
+        && until_stored("mark the shard dead", shutdown, || store.set_state(&run, &shard, ShardState::Dead))
+            .await?
+            .is_none()
+    {
+        delivery.nack_requeue().await?;
+        return Ok(Flow::Stop);
     }
     delivery.ack().await?;
-    Ok(())
+    Ok(Flow::Continue)
 }
 
 async fn handle_delivery(
@@ -287,16 +377,16 @@ async fn handle_delivery(
     let shard = match wire::decode_shard(&delivery.body, cfg.max_message_bytes) {
         Ok(s) => s,
         Err(e) => {
-            dead_letter(cfg, broker, store, delivery, format!("undecodable message: {e}")).await?;
+            let flow = dead_letter(cfg, broker, store, delivery, format!("undecodable message: {e}"), shutdown).await?;
             stats.dead_lettered += 1;
-            return Ok(Flow::Continue);
+            return Ok(flow);
         }
     };
     if shard.device_class != cfg.device.class() {
         let reason = format!("shard for {} devices arrived on a {} agent", shard.device_class, cfg.device.class());
-        dead_letter(cfg, broker, store, delivery, reason).await?;
+        let flow = dead_letter(cfg, broker, store, delivery, reason, shutdown).await?;
         stats.dead_lettered += 1;
-        return Ok(Flow::Continue);
+        return Ok(flow);
     }
     let span = info_span!("shard.process", otel.kind = "consumer", run = %shard.run_id, shard = %shard.shard_id,
         model = %shard.model, task = %shard.task, seed = shard.seed, device = %cfg.device,
@@ -304,6 +394,20 @@ async fn handle_delivery(
     shared::telemetry::set_parent(&span, &delivery.headers);
     let traceparent = shared::telemetry::traceparent(&span);
     process_shard(cfg, store, live, delivery, shard, stats, shutdown, traceparent).instrument(span).await
+}
+
+/// Waits out a store outage for `$op`; on shutdown meanwhile, hands the delivery back
+/// without counting an attempt and stops the agent.
+macro_rules! stored {
+    ($what:expr, $shutdown:expr, $delivery:expr, $op:expr) => {
+        match until_stored($what, $shutdown, || $op).await? {
+            Some(value) => value,
+            None => {
+                $delivery.nack_requeue().await?;
+                return Ok(Flow::Stop);
+            }
+        }
+    };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -318,33 +422,41 @@ async fn process_shard(
     traceparent: Option<String>,
 ) -> Result<Flow> {
     let (run, id) = (shard.run_id.clone(), shard.shard_id.clone());
-    if store.get_result(&run, &id).await?.is_some() {
+    let checkpoints = match &cfg.checkpoint_dir {
+        Some(root) => Some(crate::train::checkpoint::ShardDir::new(root, &run, &id)?),
+        None => None,
+    };
+    if stored!("check for an earlier result", shutdown, delivery, store.get_result(&run, &id)).is_some() {
         info!("result already stored; acking the redelivery");
+        remove_checkpoints(checkpoints.as_ref());
         delivery.ack().await?;
         stats.duplicates += 1;
         return Ok(Flow::Continue);
     }
-    let attempt = store.incr_attempt(&run, &id).await?;
-    let started_at = unix_now();
-    if store.is_cancelled(&run).await? {
+    if stored!("check the cancel flag", shutdown, delivery, store.is_cancelled(&run)) {
+        // Not an attempt: the count stays what earlier attempts made it.
+        let attempts = stored!("read the attempt counts", shutdown, delivery, store.attempts(&run));
+        let attempt = attempts.get(id.as_str()).copied().unwrap_or(0);
         let result = failure_result(
             cfg,
             &shard,
             attempt,
             ShardState::Cancelled,
             "run cancelled before start",
-            started_at,
+            unix_now(),
             traceparent,
         );
-        store_result(store, &result).await?;
+        stored!("store the result", shutdown, delivery, store_result(store, &result));
         delivery.ack().await?;
         stats.finished += 1;
         return Ok(Flow::Continue);
     }
-    store.set_state(&run, &id, ShardState::Running).await?;
+    let attempt = stored!("count the attempt", shutdown, delivery, store.incr_attempt(&run, &id));
+    let started_at = unix_now();
+    stored!("mark the shard running", shutdown, delivery, store.set_state(&run, &id, ShardState::Running));
     {
         let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
-        l.current = Some((run.clone(), id.clone()));
+        l.current = Some((run.to_string(), id.to_string()));
         l.step = Some(0);
         l.total_steps = Some(u64::from(shard.train.max_steps));
     }
@@ -355,6 +467,7 @@ async fn process_shard(
         device: cfg.device,
         data_dir: cfg.data_dir.clone(),
         checkpoint_dir: cfg.checkpoint_dir.clone(),
+        model_roots: cfg.model_roots.clone(),
         threads: cfg.threads,
         traceparent: traceparent.clone(),
         attempt,
@@ -369,22 +482,18 @@ async fn process_shard(
     let flow = match ended {
         WorkerEnd::Finished(outcome) => {
             let result = success_result(cfg, &shard, attempt, *outcome, started_at, traceparent);
-            store_result(store, &result).await?;
+            stored!("store the result", shutdown, delivery, store_result(store, &result));
+            // The result is durable: the checkpoints are not needed any more, whether or
+            // not the ack below reaches the broker (a redelivery finds the result).
+            remove_checkpoints(checkpoints.as_ref());
             delivery.ack().await?;
             stats.finished += 1;
             info!(status = "succeeded", "shard stored and acked");
-            if let Some(root) = &cfg.checkpoint_dir {
-                // The result is durable; the checkpoints are not needed any more.
-                if let Err(e) = crate::train::checkpoint::remove(&crate::train::checkpoint::shard_dir(root, &run, &id))
-                {
-                    warn!(error = %e, "could not remove the shard's checkpoints");
-                }
-            }
             Flow::Continue
         }
         WorkerEnd::Failed { message, retryable } if retryable && !last_attempt => {
             warn!(error = %message, attempt, "retryable failure; requeueing");
-            store.set_state(&run, &id, ShardState::Queued).await?;
+            stored!("mark the shard queued", shutdown, delivery, store.set_state(&run, &id, ShardState::Queued));
             delivery.reject(true).await?;
             stats.requeued += 1;
             Flow::Continue
@@ -397,7 +506,7 @@ async fn process_shard(
             };
             error!(error = %message, "shard failed");
             let result = failure_result(cfg, &shard, attempt, ShardState::Failed, &message, started_at, traceparent);
-            store_result(store, &result).await?;
+            stored!("store the result", shutdown, delivery, store_result(store, &result));
             delivery.ack().await?;
             stats.finished += 1;
             Flow::Continue
@@ -412,14 +521,16 @@ async fn process_shard(
                 started_at,
                 traceparent,
             );
-            store_result(store, &result).await?;
+            stored!("store the result", shutdown, delivery, store_result(store, &result));
             delivery.ack().await?;
             stats.finished += 1;
             Flow::Continue
         }
         WorkerEnd::Shutdown => {
             info!("agent shutting down; shard returned to the queue");
-            store.set_state(&run, &id, ShardState::Queued).await?;
+            if let Err(e) = store.set_state(&run, &id, ShardState::Queued).await {
+                warn!(error = %e, "could not mark the shard queued");
+            }
             delivery.nack_requeue().await?;
             Flow::Stop
         }
@@ -428,26 +539,20 @@ async fn process_shard(
     Ok(flow)
 }
 
-/// Stores a final result, retrying transient failures for up to ten minutes: the
-/// delivery is only acked after this succeeds, so a result is never dropped.
-async fn store_result(store: &dyn Store, result: &ShardResult) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match store.put_result(result).await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {
-                info!("a result for this shard already existed; keeping the first");
-                return Ok(());
-            }
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                warn!(error = %e, "storing the result failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
+fn remove_checkpoints(checkpoints: Option<&crate::train::checkpoint::ShardDir>) {
+    if let Some(dir) = checkpoints
+        && let Err(e) = dir.remove()
+    {
+        warn!(error = %e, "could not remove the shard's checkpoints");
     }
+}
+
+/// Stores a final result once; a second result for the same shard keeps the first.
+async fn store_result(store: &dyn Store, result: &ShardResult) -> shared::Result<()> {
+    if !store.put_result(result).await? {
+        info!("a result for this shard already existed; keeping the first");
+    }
+    Ok(())
 }
 
 enum WorkerEnd {
@@ -618,8 +723,8 @@ fn base_result(
     traceparent: Option<String>,
 ) -> ShardResult {
     ShardResult {
-        run: shard.run_id.clone(),
-        shard: shard.shard_id.clone(),
+        run: shard.run_id.to_string(),
+        shard: shard.shard_id.to_string(),
         model: shard.model,
         task: shard.task,
         seed: shard.seed,

@@ -106,6 +106,12 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
     );
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
     out.push_str(&format!("states: {}\n", parts.join(", ")));
+    if let Some(n) = counts.get(&ShardState::Unpublished) {
+        out.push_str(&format!(
+            "{n} shard(s) were never published (the submit was interrupted): `qsched submit --resume {}` publishes them\n",
+            record.run_id
+        ));
+    }
     if let Some(b) = broker {
         let cpu = b.queue_depth(DeviceClass::Cpu).await.unwrap_or(0);
         let cuda = b.queue_depth(DeviceClass::Cuda).await.unwrap_or(0);
@@ -464,7 +470,7 @@ mod tests {
         let broker = MemoryBroker::default();
         let flags = SpecFlags { models: Some("qwen3".into()), seeds: Some("1,2".into()), ..Default::default() };
         let spec = resolve_spec(&flags).unwrap();
-        let record = scheduler::submit(&spec, "r1", &broker, &store).await.unwrap();
+        let record = scheduler::submit(&spec, &shared::RunId::new("r1").unwrap(), &broker, &store).await.unwrap();
         let text = status(&store, Some(&broker), "r1").await.unwrap();
         assert!(text.contains("0/2 finished") && text.contains("queued 2") && text.contains("cpu 2 ready"), "{text}");
         assert!(!run_finished(&record, &store.states("r1").await.unwrap()));

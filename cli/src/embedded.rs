@@ -41,7 +41,7 @@ pub async fn run_local(
     spec: &BenchmarkSpec,
     opts: LocalOptions,
     mut on_progress: impl FnMut(usize, usize, &std::collections::BTreeMap<ShardState, usize>),
-) -> Result<(String, Vec<ShardResult>)> {
+) -> Result<(shared::RunId, Vec<ShardResult>)> {
     if opts.devices.is_empty() {
         bail!("--devices is empty");
     }
@@ -81,6 +81,8 @@ pub async fn run_local(
         cfg.agent_id = format!("{}:local{i}", cfg.agent_id);
         cfg.gpu_name = gpu_name;
         cfg.checkpoint_dir = opts.checkpoint_dir.clone();
+        // The user runs these agents for their own spec: its model directories are allowed.
+        cfg.model_roots = spec.model_dirs();
         cfg.threads = threads;
         cfg.worker_command = opts.worker_command.clone();
         let mut rx = stop_rx.clone();

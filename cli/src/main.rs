@@ -43,9 +43,33 @@ struct Conn {
         hide_env_values = true
     )]
     redis: String,
+    /// Read the RabbitMQ URL from this file (first line) instead of --amqp / QSCHED_AMQP_URL:
+    /// keeps the password out of `ps`.
+    #[arg(long, global = true, value_name = "FILE")]
+    amqp_file: Option<PathBuf>,
+    /// Read the Redis URL from this file (first line) instead of --redis / QSCHED_REDIS_URL:
+    /// keeps the password out of `ps`.
+    #[arg(long, global = true, value_name = "FILE")]
+    redis_file: Option<PathBuf>,
     /// Prefix of queue names and Redis keys.
     #[arg(long, global = true, env = "QSCHED_PREFIX", default_value = "qsched")]
     prefix: String,
+}
+
+impl Conn {
+    fn amqp_url(&self) -> Result<String> {
+        Ok(match &self.amqp_file {
+            Some(path) => shared::secrets::read_url_file(path)?,
+            None => self.amqp.clone(),
+        })
+    }
+
+    fn redis_url(&self) -> Result<String> {
+        Ok(match &self.redis_file {
+            Some(path) => shared::secrets::read_url_file(path)?,
+            None => self.redis.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,6 +182,10 @@ struct SubmitArgs {
     /// Checkpoint directory for local workers.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+    /// Publish the shards an interrupted submit of RUN left unpublished (nothing else is
+    /// resolved or recorded).
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["spec", "scale", "models", "tasks", "seeds", "device_class", "set", "local"])]
+    resume: Option<String>,
     /// Block until the run ends, then print its results.
     #[arg(long)]
     wait: bool,
@@ -200,12 +228,12 @@ fn worker() -> ExitCode {
 }
 
 async fn broker(conn: &Conn) -> Result<AmqpBroker> {
-    let cfg = AmqpConfig::new(conn.amqp.clone()).with_prefix(conn.prefix.clone());
+    let cfg = AmqpConfig::new(conn.amqp_url()?).with_prefix(conn.prefix.clone());
     Ok(AmqpBroker::connect(cfg).await?)
 }
 
 async fn store(conn: &Conn) -> Result<RedisStore> {
-    Ok(RedisStore::connect(&conn.redis, &conn.prefix).await?)
+    Ok(RedisStore::connect(&conn.redis_url()?, &conn.prefix).await?)
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -300,6 +328,17 @@ fn progress_message(counts: &std::collections::BTreeMap<shared::shard::ShardStat
 }
 
 async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
+    if let Some(run) = &args.resume {
+        let broker = broker(conn).await?;
+        let store = store(conn).await?;
+        let published = scheduler::resume(run, &broker, &store).await?;
+        if published.is_empty() {
+            eprintln!("run {run} was fully published; nothing to resume");
+        } else {
+            eprintln!("run {run}: published the {} shard(s) the interrupted submit had not", published.len());
+        }
+        return finish_submit(&store, run, &args).await;
+    }
     let flags = SpecFlags {
         spec: args.spec.clone(),
         scale: args.scale.clone(),
@@ -320,20 +359,38 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
     let broker = broker(conn).await?;
     let store = store(conn).await?;
     let run_id = scheduler::new_run_id();
-    let record = scheduler::submit(&spec, &run_id, &broker, &store).await?;
+    let record = match scheduler::submit(&spec, &run_id, &broker, &store).await {
+        Ok(record) => record,
+        Err(e) => {
+            use shared::store::Store as _;
+            if matches!(store.get_run(&run_id).await, Ok(Some(_))) {
+                bail!(
+                    "{e}\nrun {run_id} is recorded but not every shard was published: \
+                     `qsched submit --resume {run_id}` publishes the rest"
+                );
+            }
+            return Err(e.into());
+        }
+    };
     eprintln!(
         "submitted run {run_id}: {} shard(s) ({} on {} agents)",
         record.shard_count, spec.name, spec.device_class
     );
+    finish_submit(&store, &run_id, &args).await
+}
+
+/// After publishing: with `--wait`, follow the run and print its results; then the run id.
+async fn finish_submit(store: &RedisStore, run_id: &str, args: &SubmitArgs) -> Result<()> {
     if args.wait {
+        let record = commands::get_run(store, run_id).await?;
         let bar = progress_bar(record.shard_count as usize);
-        commands::wait_for_run(&store, &run_id, Duration::from_secs(1), |done, _, counts| {
+        commands::wait_for_run(store, run_id, Duration::from_secs(1), |done, _, counts| {
             bar.set_position(done as u64);
             bar.set_message(progress_message(counts));
         })
         .await?;
         bar.finish_and_clear();
-        let (text, _, _) = commands::results(&store, &run_id, args.format, None).await?;
+        let (text, _, _) = commands::results(store, run_id, args.format, None).await?;
         println!("{text}");
         if args.format == Format::Json {
             return Ok(());

@@ -18,7 +18,7 @@ use shared::broker::{Broker, OutgoingMessage};
 use shared::shard::{ModelArch, RunRecord, Shard, ShardState, ShardSummary, unix_now};
 use shared::spec::BenchmarkSpec;
 use shared::store::Store;
-use shared::{Family, wire};
+use shared::{Family, RunId, ShardId, wire};
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -65,13 +65,14 @@ pub fn spec_hash(spec: &BenchmarkSpec) -> String {
 }
 
 /// A fresh run id: `r-<UTC yyyymmdd-hhmmss>-<6 hex>` (sortable, unique per submission).
-pub fn new_run_id() -> String {
+pub fn new_run_id() -> RunId {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("r-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{}", rem / 3600, rem % 3600 / 60, rem % 60, &rand[..6])
+    let id = format!("r-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{}", rem / 3600, rem % 3600 / 60, rem % 60, &rand[..6]);
+    RunId::new(id).expect("a generated run id has the accepted form")
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -89,7 +90,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Expands a spec into shards for `run_id`. Pure: no I/O, deterministic ids.
-pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
+pub fn expand(spec: &BenchmarkSpec, run_id: &RunId) -> Vec<Shard> {
     let p = &spec.preset;
     let mut shards = Vec::new();
     for &model in &spec.models {
@@ -101,11 +102,9 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
                 };
                 let train = if model.is_zeroth_order() { p.zeroth_order.clone() } else { p.first_order.clone() };
                 let dizo = (model == shared::ModelId::DizoOpt).then(|| p.dizo.clone());
-                // Run id, shard id and index are filled in after hashing: the id names the
-                // work (model, task, seed, settings) wherever it appears in a matrix.
                 let mut shard = Shard {
-                    run_id: String::new(),
-                    shard_id: String::new(),
+                    run_id: run_id.clone(),
+                    shard_id: ShardId::new(UNHASHED).expect("the placeholder is a valid id"),
                     index: 0,
                     model,
                     task,
@@ -118,8 +117,7 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
                     train,
                     dizo,
                 };
-                shard.shard_id = sha256_hex(&serde_json::to_vec(&shard).unwrap_or_default())[..16].to_owned();
-                shard.run_id = run_id.to_owned();
+                shard.shard_id = content_id(&shard);
                 shard.index = shards.len() as u32;
                 shards.push(shard);
             }
@@ -128,10 +126,31 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &str) -> Vec<Shard> {
     shards
 }
 
+/// Shard id placeholder while the content hash is computed.
+const UNHASHED: &str = "0";
+
+/// The id naming a shard's work (model, task, seed, settings) wherever it appears in a
+/// matrix: the first 16 hex digits of the sha256 of its JSON with the run id and the
+/// shard id written as empty strings and index 0. The ids of every earlier build were
+/// computed over exactly these bytes, so stored runs keep their ids.
+fn content_id(shard: &Shard) -> ShardId {
+    let unplaced = Shard { index: 0, ..shard.clone() };
+    let json = serde_json::to_string(&unplaced).expect("a shard serialises to JSON");
+    // `run_id` and `shard_id` are the first two fields of `Shard`.
+    let written = format!(
+        "{{\"run_id\":{},\"shard_id\":{},",
+        serde_json::to_string(&unplaced.run_id).expect("an id serialises"),
+        serde_json::to_string(UNHASHED).expect("an id serialises")
+    );
+    let rest = json.strip_prefix(&written).expect("Shard starts with run_id and shard_id");
+    let hashed = format!("{{\"run_id\":\"\",\"shard_id\":\"\",{rest}");
+    ShardId::new(&sha256_hex(hashed.as_bytes())[..16]).expect("16 hex digits are a valid id")
+}
+
 /// The run record stored at submit time.
-pub fn run_record(spec: &BenchmarkSpec, run_id: &str, shards: &[Shard], traceparent: Option<String>) -> RunRecord {
+pub fn run_record(spec: &BenchmarkSpec, run_id: &RunId, shards: &[Shard], traceparent: Option<String>) -> RunRecord {
     RunRecord {
-        run_id: run_id.to_owned(),
+        run_id: run_id.clone(),
         name: spec.name.clone(),
         created_at: unix_now(),
         shard_count: shards.len() as u32,
@@ -140,7 +159,7 @@ pub fn run_record(spec: &BenchmarkSpec, run_id: &str, shards: &[Shard], tracepar
         shards: shards
             .iter()
             .map(|s| ShardSummary {
-                shard: s.shard_id.clone(),
+                shard: s.shard_id.to_string(),
                 model: s.model,
                 task: s.task,
                 seed: s.seed,
@@ -151,7 +170,8 @@ pub fn run_record(spec: &BenchmarkSpec, run_id: &str, shards: &[Shard], tracepar
     }
 }
 
-fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
+/// The broker message of one shard: its envelope, message id `run:shard` and trace headers.
+pub fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
     let body = wire::encode_shard(shard)?;
     // Each message carries the trace context of its own publish span, a child of the
     // submit span, so the agent's processing joins the submit's trace.
@@ -159,7 +179,7 @@ fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
         model = %shard.model, task = %shard.task, seed = shard.seed, messaging.system = "rabbitmq",
         messaging.operation.type = "publish");
     let mut headers = shared::telemetry::inject(&span);
-    headers.insert("x-qsched-run".into(), shard.run_id.clone());
+    headers.insert("x-qsched-run".into(), shard.run_id.to_string());
     Ok(OutgoingMessage {
         class: shard.device_class,
         message_id: format!("{}:{}", shard.run_id, shard.shard_id),
@@ -168,23 +188,95 @@ fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
     })
 }
 
+/// Messages confirmed per batch before their shards are marked queued.
+const PUBLISH_BATCH: usize = 2048;
+
+/// Encodes every shard's message, refusing any the broker would not accept: a spec that
+/// cannot be published is refused before anything is recorded.
+fn encode_all(shards: &[Shard], broker: &dyn Broker) -> Result<Vec<OutgoingMessage>> {
+    let limit = broker.max_message_bytes();
+    shards
+        .iter()
+        .map(|shard| {
+            let message = message_for(shard)?;
+            if message.body.len() > limit {
+                return Err(Error::Shared(shared::Error::invalid(
+                    "spec",
+                    format!(
+                        "shard {} ({} × {} seed {}) encodes to {} bytes, over the broker's {limit}-byte message \
+                         limit (a long value in the spec, such as a model directory?)",
+                        shard.shard_id,
+                        shard.model,
+                        shard.task,
+                        shard.seed,
+                        message.body.len()
+                    ),
+                )));
+            }
+            Ok(message)
+        })
+        .collect()
+}
+
+/// Publishes `messages` in confirmed batches, marking each batch's shards queued once
+/// the broker has confirmed it. An interruption leaves the rest `unpublished`.
+async fn publish_recorded(
+    run_id: &str,
+    shards: &[Shard],
+    messages: Vec<OutgoingMessage>,
+    broker: &dyn Broker,
+    store: &dyn Store,
+) -> Result<()> {
+    let mut messages = messages.into_iter();
+    for batch in shards.chunks(PUBLISH_BATCH) {
+        let batch_messages: Vec<_> = messages.by_ref().take(batch.len()).collect();
+        broker.publish(batch_messages).await?;
+        let ids: Vec<String> = batch.iter().map(|s| s.shard_id.to_string()).collect();
+        store.mark_published(run_id, &ids).await?;
+    }
+    Ok(())
+}
+
 /// Records the run in the store, then publishes its shards (confirmed).
 ///
-/// The record is written first so that an agent that picks a shard up at once finds
-/// its run; if publishing fails the run stays recorded with every shard `queued`, and
-/// `retry` can publish it again.
-pub async fn submit(spec: &BenchmarkSpec, run_id: &str, broker: &dyn Broker, store: &dyn Store) -> Result<RunRecord> {
+/// Every message is encoded and checked first, so a spec that cannot be published is
+/// refused with nothing recorded. The record is written before publishing so that an
+/// agent that picks a shard up at once finds its run; shards are recorded
+/// `unpublished` and marked `queued` batch by batch as the broker confirms them. If
+/// publishing is interrupted, `resume` publishes what is left.
+pub async fn submit(spec: &BenchmarkSpec, run_id: &RunId, broker: &dyn Broker, store: &dyn Store) -> Result<RunRecord> {
     let span =
         info_span!("submit", otel.kind = "producer", run = %run_id, name = %spec.name, scale = %spec.preset.name);
     async {
         let shards = expand(spec, run_id);
         let record = run_record(spec, run_id, &shards, shared::telemetry::traceparent(&tracing::Span::current()));
+        let messages = encode_all(&shards, broker)?;
         broker.declare().await?;
         store.put_run(&record).await?;
-        let messages = shards.iter().map(message_for).collect::<Result<Vec<_>>>()?;
-        broker.publish(messages).await?;
+        publish_recorded(run_id, &shards, messages, broker, store).await?;
         info!(shards = shards.len(), "published");
         Ok(record)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes the shards of an interrupted submit that the broker never confirmed (state
+/// `unpublished`). Returns their ids; none when the submit had finished.
+pub async fn resume(run_id: &str, broker: &dyn Broker, store: &dyn Store) -> Result<Vec<String>> {
+    let span = info_span!("resume", otel.kind = "producer", run = %run_id);
+    async {
+        let record = store.get_run(run_id).await?.ok_or_else(|| Error::UnknownRun(run_id.to_owned()))?;
+        let states = store.states(run_id).await?;
+        let shards: Vec<Shard> = shards_of(&record)?
+            .into_iter()
+            .filter(|s| states.get(s.shard_id.as_str()).is_none_or(|st| *st == ShardState::Unpublished))
+            .collect();
+        let messages = encode_all(&shards, broker)?;
+        broker.declare().await?;
+        publish_recorded(run_id, &shards, messages, broker, store).await?;
+        info!(shards = shards.len(), "published the rest of an interrupted submit");
+        Ok(shards.into_iter().map(|s| s.shard_id.to_string()).collect())
     }
     .instrument(span)
     .await
@@ -193,7 +285,7 @@ pub async fn submit(spec: &BenchmarkSpec, run_id: &str, broker: &dyn Broker, sto
 /// Re-expands a stored run's spec (same ids) — used by `retry`.
 pub fn shards_of(record: &RunRecord) -> Result<Vec<Shard>> {
     let spec: BenchmarkSpec = serde_json::from_value(record.spec.clone())
-        .map_err(|e| Error::CorruptRun { run: record.run_id.clone(), message: e.to_string() })?;
+        .map_err(|e| Error::CorruptRun { run: record.run_id.to_string(), message: e.to_string() })?;
     Ok(expand(&spec, &record.run_id))
 }
 
@@ -245,12 +337,17 @@ pub async fn retry(
                 states.insert(shard.to_owned(), ShardState::Dead);
             }
         }
+        // Unpublished shards (an interrupted submit) have no message: always publish them.
         let wanted = |s: ShardState| match selection {
-            RetrySelection::Unsuccessful => matches!(s, ShardState::Failed | ShardState::Dead | ShardState::Cancelled),
-            RetrySelection::FailedOnly => matches!(s, ShardState::Failed | ShardState::Dead),
+            RetrySelection::Unsuccessful => {
+                matches!(s, ShardState::Failed | ShardState::Dead | ShardState::Cancelled | ShardState::Unpublished)
+            }
+            RetrySelection::FailedOnly => matches!(s, ShardState::Failed | ShardState::Dead | ShardState::Unpublished),
         };
-        let shards: Vec<Shard> =
-            shards_of(&record)?.into_iter().filter(|s| states.get(&s.shard_id).copied().is_some_and(wanted)).collect();
+        let shards: Vec<Shard> = shards_of(&record)?
+            .into_iter()
+            .filter(|s| states.get(s.shard_id.as_str()).copied().is_some_and(wanted))
+            .collect();
         if shards.is_empty() {
             return Ok(Vec::new());
         }
@@ -262,7 +359,7 @@ pub async fn retry(
         broker.declare().await?;
         broker.publish(shards.iter().map(message_for).collect::<Result<Vec<_>>>()?).await?;
         info!(shards = shards.len(), "republished");
-        Ok(shards.into_iter().map(|s| s.shard_id).collect())
+        Ok(shards.into_iter().map(|s| s.shard_id.to_string()).collect())
     }
     .instrument(span)
     .await
@@ -275,6 +372,14 @@ mod tests {
     use shared::spec::SpecInput;
     use shared::store::MemoryStore;
     use shared::{DeviceClass, ModelId, TaskId};
+
+    /// Computed by the build before ids became types (commit ad1d009).
+    const PINNED_FIRST_ID: &str = "cc790fe9ad5dccca";
+    const PINNED_LAST_ID: &str = "5b95edc90eaadc59";
+
+    fn r(id: &str) -> RunId {
+        RunId::new(id).unwrap()
+    }
 
     fn spec() -> BenchmarkSpec {
         SpecInput {
@@ -289,7 +394,7 @@ mod tests {
 
     #[test]
     fn expansion_is_the_full_product_in_order() {
-        let shards = expand(&spec(), "r1");
+        let shards = expand(&spec(), &r("r1"));
         assert_eq!(shards.len(), 12);
         assert_eq!((shards[0].model, shards[0].task, shards[0].seed), (ModelId::Qwen3, TaskId::Sst2, 1));
         assert_eq!((shards[3].model, shards[3].task, shards[3].seed), (ModelId::Qwen3, TaskId::Rte, 1));
@@ -306,8 +411,8 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_unique_and_run_independent() {
-        let a = expand(&spec(), "r1");
-        let b = expand(&spec(), "r2");
+        let a = expand(&spec(), &r("r1"));
+        let b = expand(&spec(), &r("r2"));
         let ids: Vec<_> = a.iter().map(|s| s.shard_id.clone()).collect();
         assert_eq!(ids, b.iter().map(|s| s.shard_id.clone()).collect::<Vec<_>>());
         let mut sorted = ids.clone();
@@ -320,11 +425,19 @@ mod tests {
         alone.seeds = vec![3];
         alone.models = vec![shared::ModelId::DizoOpt];
         alone.tasks = vec![TaskId::Rte];
-        assert_eq!(expand(&alone, "r9")[0].shard_id, a[11].shard_id);
+        assert_eq!(expand(&alone, &r("r9"))[0].shard_id, a[11].shard_id);
         // Changing a setting changes the ids.
         let mut other = spec();
         other.preset.first_order.max_steps += 1;
-        assert_ne!(expand(&other, "r1")[0].shard_id, a[0].shard_id);
+        assert_ne!(expand(&other, &r("r1"))[0].shard_id, a[0].shard_id);
+    }
+
+    /// Shard ids name stored results: they must not change between builds.
+    #[test]
+    fn ids_are_pinned_across_builds() {
+        let ids: Vec<String> = expand(&spec(), &r("r1")).iter().map(|s| s.shard_id.to_string()).collect();
+        assert_eq!(ids[0], PINNED_FIRST_ID);
+        assert_eq!(ids[11], PINNED_LAST_ID);
     }
 
     #[test]
@@ -341,21 +454,110 @@ mod tests {
     async fn submit_records_then_publishes() {
         let broker = MemoryBroker::default();
         let store = MemoryStore::new();
-        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        let record = submit(&spec(), &r("r1"), &broker, &store).await.unwrap();
         assert_eq!(record.shard_count, 12);
         assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 12);
         let states = store.states("r1").await.unwrap();
         assert_eq!(states.len(), 12);
         assert!(states.values().all(|s| *s == ShardState::Queued));
+        // Nothing left to resume.
+        assert!(resume("r1", &broker, &store).await.unwrap().is_empty());
         let stored = store.get_run("r1").await.unwrap().unwrap();
-        assert_eq!(shards_of(&stored).unwrap(), expand(&spec(), "r1"));
+        assert_eq!(shards_of(&stored).unwrap(), expand(&spec(), &r("r1")));
+    }
+
+    /// A broker that confirms `allowed` messages and then fails, like one killed mid-submit.
+    struct DiesAfter {
+        inner: MemoryBroker,
+        allowed: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl shared::broker::Broker for DiesAfter {
+        async fn declare(&self) -> shared::Result<()> {
+            self.inner.declare().await
+        }
+        async fn publish(&self, messages: Vec<OutgoingMessage>) -> shared::Result<()> {
+            use std::sync::atomic::Ordering;
+            let n = messages.len();
+            if self.allowed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_sub(n)).is_err() {
+                return Err(shared::Error::Broker {
+                    url: "amqp://test".into(),
+                    message: "killed".into(),
+                    transient: true,
+                });
+            }
+            self.inner.publish(messages).await
+        }
+        async fn consume(
+            &self,
+            class: DeviceClass,
+            tag: &str,
+        ) -> shared::Result<Box<dyn shared::broker::ShardConsumer>> {
+            self.inner.consume(class, tag).await
+        }
+        async fn dead_letter(
+            &self,
+            body: Vec<u8>,
+            headers: BTreeMap<String, String>,
+            reason: &str,
+        ) -> shared::Result<()> {
+            self.inner.dead_letter(body, headers, reason).await
+        }
+        async fn dead_letters(&self, limit: usize) -> shared::Result<Vec<shared::broker::DeadLetter>> {
+            self.inner.dead_letters(limit).await
+        }
+        async fn take_dead_letters(&self, prefix: &str) -> shared::Result<Vec<shared::broker::DeadLetter>> {
+            self.inner.take_dead_letters(prefix).await
+        }
+        async fn queue_depth(&self, class: DeviceClass) -> shared::Result<u64> {
+            self.inner.queue_depth(class).await
+        }
+        fn max_message_bytes(&self) -> usize {
+            self.inner.max_message_bytes()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_submit_is_resumed_without_duplicates() {
+        let inner = MemoryBroker::default();
+        let store = MemoryStore::new();
+        let mut big = spec();
+        big.seeds = (1..=2500).collect();
+        let run = r("r1");
+        // The broker dies after the first confirmed batch.
+        let dying = DiesAfter { inner: inner.clone(), allowed: PUBLISH_BATCH.into() };
+        let err = submit(&big, &run, &dying, &store).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let states = store.states("r1").await.unwrap();
+        let count = |want: ShardState| states.values().filter(|s| **s == want).count();
+        assert_eq!(count(ShardState::Queued), PUBLISH_BATCH);
+        assert_eq!(count(ShardState::Unpublished), 10_000 - PUBLISH_BATCH);
+        // Resume publishes exactly the rest.
+        let again = resume("r1", &inner, &store).await.unwrap();
+        assert_eq!(again.len(), 10_000 - PUBLISH_BATCH);
+        assert_eq!(inner.queue_depth(DeviceClass::Cpu).await.unwrap(), 10_000);
+        assert!(store.states("r1").await.unwrap().values().all(|s| *s == ShardState::Queued));
+        assert!(resume("r1", &inner, &store).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_spec_that_cannot_be_published_is_refused_before_it_is_recorded() {
+        let broker = MemoryBroker::default();
+        let store = MemoryStore::new();
+        let mut huge = spec();
+        huge.opt_init = shared::spec::ModelInit::Pretrained { dir: format!("/{}", "m".repeat(2 << 20)) };
+        let err = submit(&huge, &r("r1"), &broker, &store).await.unwrap_err().to_string();
+        assert!(err.contains("over the broker's 1048576-byte message limit"), "{err}");
+        assert!(store.get_run("r1").await.unwrap().is_none(), "nothing recorded");
+        assert_eq!(broker.queue_depth(DeviceClass::Cpu).await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn retry_republishes_only_unsuccessful() {
         let broker = MemoryBroker::default();
         let store = MemoryStore::new();
-        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        let record = submit(&spec(), &r("r1"), &broker, &store).await.unwrap();
         let ids: Vec<_> = record.shards.iter().map(|s| s.shard.clone()).collect();
         store.force_state("r1", &ids[0], ShardState::Failed).await.unwrap();
         store.force_state("r1", &ids[1], ShardState::Succeeded).await.unwrap();
@@ -377,7 +579,7 @@ mod tests {
         use shared::broker::Broker as _;
         let broker = MemoryBroker::new(1);
         let store = MemoryStore::new();
-        let record = submit(&spec(), "r1", &broker, &store).await.unwrap();
+        let record = submit(&spec(), &r("r1"), &broker, &store).await.unwrap();
         // An agent takes the first shard, marks it running and dies: with a delivery
         // limit of 1 the broker dead-letters it; its state still says running.
         let mut c = broker.consume(DeviceClass::Cpu, "t").await.unwrap();

@@ -67,7 +67,8 @@ use tracing::{debug, info, warn};
 use crate::broker::{Acker, Broker, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER};
 use crate::broker::{ShardConsumer, invalid_url};
 use crate::device::DeviceClass;
-use crate::error::{Error, Result, redact_url, scrub_secrets};
+use crate::error::{Error, Result};
+use crate::secrets::{redact_url, scrub_secrets};
 use crate::wire::{CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES};
 
 /// Unconfirmed publishes kept in flight before waiting for the oldest confirm. Throughput
@@ -686,6 +687,10 @@ impl Broker for AmqpBroker {
             .map_err(|e| self.lapin_error(&format!("inspecting {queue}"), &e))?;
         close_channel(&ch).await;
         Ok(u64::from(q.message_count()))
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
     }
 }
 

@@ -147,6 +147,10 @@ pub trait Broker: Send + Sync {
     async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>>;
     /// Messages ready in the queue of `class` (for status displays).
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64>;
+    /// The largest message `publish` accepts (checked before anything is recorded).
+    fn max_message_bytes(&self) -> usize {
+        crate::wire::DEFAULT_MAX_MESSAGE_BYTES
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,7 +394,7 @@ impl Broker for MemoryBroker {
 
 /// Error for a broker URL that cannot be used.
 pub fn invalid_url(url: &str, why: &str) -> Error {
-    Error::Broker { url: crate::error::redact_url(url), message: why.to_owned(), transient: false }
+    Error::Broker { url: crate::secrets::redact_url(url), message: why.to_owned(), transient: false }
 }
 
 #[cfg(test)]

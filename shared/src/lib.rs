@@ -2,12 +2,14 @@
 //!
 //! - [`spec`] and [`scale`]: the benchmark spec (TOML file or flags) and named scale presets.
 //! - [`ids`]: model (method) and task identifiers and the data-directory layout.
+//! - [`names`]: run and shard ids, validated so that no message can name a path.
 //! - [`device`]: `DeviceSpec` (`cpu`, `cuda:N`) parsed once.
 //! - [`shard`]: shards, results, run records, heartbeats, metric points.
 //! - [`wire`]: the MessagePack codec with schema version and size limit.
 //! - [`keys`]: the Redis key schema.
 //! - [`broker`] / [`amqp`]: the broker trait, its in-process and RabbitMQ implementations.
 //! - [`store`] / [`redis_store`]: the state store trait, in-process and Redis implementations.
+//! - [`secrets`]: credential-bearing URLs read from files and redacted for display.
 //! - [`telemetry`]: tracing setup, OTLP export and W3C trace-context propagation.
 //!
 //! This crate never links libtorch.
@@ -19,8 +21,10 @@ pub mod device;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod names;
 pub mod redis_store;
 pub mod scale;
+pub mod secrets;
 pub mod shard;
 pub mod spec;
 pub mod store;
@@ -30,3 +34,4 @@ pub mod wire;
 pub use device::{DeviceClass, DeviceSpec};
 pub use error::{Error, Result};
 pub use ids::{Family, ModelId, TaskId};
+pub use names::{RunId, ShardId};

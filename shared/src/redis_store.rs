@@ -35,8 +35,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::error::{Error, Result, redact_url, scrub_secrets};
+use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::secrets::{redact_url, scrub_secrets};
 use crate::shard::{AgentHeartbeat, MetricPoint, RunRecord, ShardResult, ShardState, unix_now};
 use crate::store::{DeadLetterRecord, METRIC_STREAM_MAXLEN, Progress, Store};
 
@@ -56,6 +57,17 @@ if current then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// Marks shards queued where they are still unpublished.
+/// KEYS[1] states hash; ARGV the shard ids.
+const MARK_PUBLISHED_LUA: &str = r"
+for i = 1, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == 'unpublished' then
+    redis.call('HSET', KEYS[1], ARGV[i], 'queued')
+  end
+end
 return 1
 ";
 
@@ -162,6 +174,7 @@ pub struct RedisStore {
     safe_url: String,
     retry: RetryPolicy,
     set_state: Script,
+    mark_published: Script,
     put_result: Script,
     agents: Script,
 }
@@ -228,6 +241,7 @@ impl RedisStore {
             safe_url,
             retry: RetryPolicy { attempts: config.retry.attempts.max(1), ..config.retry },
             set_state: Script::new(SET_STATE_LUA),
+            mark_published: Script::new(MARK_PUBLISHED_LUA),
             put_result: Script::new(PUT_RESULT_LUA),
             agents: Script::new(AGENTS_LUA),
         })
@@ -391,6 +405,7 @@ fn glob_escape(s: &str) -> String {
 
 fn terminal_states() -> impl Iterator<Item = &'static str> {
     [
+        ShardState::Unpublished,
         ShardState::Queued,
         ShardState::Running,
         ShardState::Succeeded,
@@ -411,13 +426,26 @@ impl Store for RedisStore {
         pipe.atomic()
             .set(self.keys.run_record(&record.run_id), to_json(record)?)
             .ignore()
-            .zadd(self.keys.runs(), &record.run_id, record.created_at)
+            .zadd(self.keys.runs(), record.run_id.as_str(), record.created_at)
             .ignore();
         // HSETNX: a resubmitted run keeps the progress its shards already made.
         for s in &record.shards {
-            pipe.hset_nx(&states, &s.shard, ShardState::Queued.as_str()).ignore();
+            pipe.hset_nx(&states, &s.shard, ShardState::Unpublished.as_str()).ignore();
         }
         self.query_pipe::<()>("recording the run", &pipe).await
+    }
+
+    async fn mark_published(&self, run: &str, shards: &[String]) -> Result<()> {
+        if shards.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.mark_published.prepare_invoke();
+        inv.key(self.keys.shard_states(run));
+        for shard in shards {
+            inv.arg(shard);
+        }
+        let _: i64 = self.invoke("marking shards published", &inv).await?;
+        Ok(())
     }
 
     async fn get_run(&self, run: &str) -> Result<Option<RunRecord>> {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceClass;
 use crate::ids::{ModelId, TaskId};
+use crate::names::{RunId, ShardId};
 use crate::scale::{DataSettings, DizoSettings, OptArch, Qwen3Arch, TrainSettings};
 use crate::spec::ModelInit;
 
@@ -27,9 +28,9 @@ pub enum ModelArch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shard {
     /// Run this shard belongs to.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Content-derived id (16 hex digits), stable for the same spec.
-    pub shard_id: String,
+    pub shard_id: ShardId,
     /// Position in the run's expansion order.
     pub index: u32,
     /// Model and method.
@@ -59,6 +60,9 @@ pub struct Shard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShardState {
+    /// Recorded by `submit`, its message not yet confirmed by the broker. A submit that
+    /// was interrupted leaves shards here; `qsched submit --resume RUN` publishes them.
+    Unpublished,
     /// Published, not yet picked up.
     Queued,
     /// An agent is running it.
@@ -82,6 +86,7 @@ impl ShardState {
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
+            ShardState::Unpublished => "unpublished",
             ShardState::Queued => "queued",
             ShardState::Running => "running",
             ShardState::Succeeded => "succeeded",
@@ -171,7 +176,7 @@ pub struct ShardResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Benchmark name.
     pub name: String,
     /// Unix seconds of submission.

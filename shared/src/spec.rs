@@ -125,6 +125,18 @@ pub const DEFAULT_SEEDS: [u64; 3] = [1, 2, 3];
 pub const DEFAULT_TASKS: [TaskId; 1] = [TaskId::Sst2];
 
 impl BenchmarkSpec {
+    /// The pretrained checkpoint directories the spec names (for agents run by the same
+    /// user, these are the model roots to allow).
+    pub fn model_dirs(&self) -> Vec<std::path::PathBuf> {
+        [&self.qwen3_init, &self.opt_init]
+            .into_iter()
+            .filter_map(|init| match init {
+                ModelInit::Pretrained { dir } => Some(std::path::PathBuf::from(dir)),
+                ModelInit::Random => None,
+            })
+            .collect()
+    }
+
     /// Weight source for a model id.
     pub fn init_for(&self, model: ModelId) -> &ModelInit {
         match model.family() {
@@ -259,6 +271,12 @@ impl SpecInput {
         let mut qwen3_init = ModelInit::Random;
         let mut opt_init = ModelInit::Random;
         for (family, dir) in f.model_dir.unwrap_or_default() {
+            if !std::path::Path::new(&dir).is_absolute() {
+                return Err(Error::invalid(
+                    "model_dir",
+                    format!("'{dir}' for {family} is not an absolute path (it names a directory on the agent hosts)"),
+                ));
+            }
             let init = ModelInit::Pretrained { dir };
             match family.as_str() {
                 "qwen3" => qwen3_init = init,
@@ -379,5 +397,8 @@ mod tests {
         assert_eq!(spec.init_for(ModelId::MezoOpt), &ModelInit::Pretrained { dir: "/m/opt-1.3b".into() });
         assert_eq!(spec.init_for(ModelId::Qwen3), &ModelInit::Random);
         assert!(input("[model_dir]\nllama = \"/x\"").resolve().is_err());
+        assert_eq!(spec.model_dirs(), vec![std::path::PathBuf::from("/m/opt-1.3b")]);
+        let err = input("[model_dir]\nopt = \"models/opt\"").resolve().unwrap_err().to_string();
+        assert!(err.contains("not an absolute path"), "{err}");
     }
 }

@@ -49,8 +49,12 @@ pub const METRIC_STREAM_MAXLEN: usize = 20_000;
 /// Where runs, results and liveness live.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Records a new run and marks all its shards queued.
+    /// Records a new run and marks all its shards unpublished (a shard that already has
+    /// a state keeps it).
     async fn put_run(&self, record: &RunRecord) -> Result<()>;
+    /// Marks shards whose messages the broker confirmed as queued, unless an agent has
+    /// already moved them on (only `unpublished` changes).
+    async fn mark_published(&self, run: &str, shards: &[String]) -> Result<()>;
     /// Reads a run record.
     async fn get_run(&self, run: &str) -> Result<Option<RunRecord>>;
     /// Run ids, newest first.
@@ -141,11 +145,24 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn put_run(&self, record: &RunRecord) -> Result<()> {
         let mut d = self.lock();
-        let states = d.states.entry(record.run_id.clone()).or_default();
+        let states = d.states.entry(record.run_id.to_string()).or_default();
         for s in &record.shards {
-            states.entry(s.shard.clone()).or_insert(ShardState::Queued);
+            states.entry(s.shard.clone()).or_insert(ShardState::Unpublished);
         }
-        d.runs.insert(record.run_id.clone(), record.clone());
+        d.runs.insert(record.run_id.to_string(), record.clone());
+        Ok(())
+    }
+
+    async fn mark_published(&self, run: &str, shards: &[String]) -> Result<()> {
+        let mut d = self.lock();
+        let states = d.states.entry(run.to_owned()).or_default();
+        for shard in shards {
+            if let Some(state) = states.get_mut(shard)
+                && *state == ShardState::Unpublished
+            {
+                *state = ShardState::Queued;
+            }
+        }
         Ok(())
     }
 
@@ -155,7 +172,7 @@ impl Store for MemoryStore {
 
     async fn list_runs(&self, limit: usize) -> Result<Vec<String>> {
         let d = self.lock();
-        let mut runs: Vec<_> = d.runs.values().map(|r| (r.created_at, r.run_id.clone())).collect();
+        let mut runs: Vec<_> = d.runs.values().map(|r| (r.created_at, r.run_id.to_string())).collect();
         runs.sort_by(|a, b| b.0.total_cmp(&a.0));
         Ok(runs.into_iter().take(limit).map(|(_, id)| id).collect())
     }

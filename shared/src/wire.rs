@@ -76,8 +76,8 @@ pub fn sample_shard() -> Shard {
     use crate::shard::ModelArch;
     use crate::spec::ModelInit;
     Shard {
-        run_id: "r-golden".into(),
-        shard_id: "0123456789abcdef".into(),
+        run_id: crate::RunId::new("r-golden").expect("a valid id"),
+        shard_id: crate::ShardId::new("0123456789abcdef").expect("a valid id"),
         index: 0,
         model: ModelId::Qwen3,
         task: TaskId::Sst2,

@@ -126,18 +126,20 @@ pub fn run_shard(
         pinned.set_autocast_bf16()?;
     }
 
+    // A pretrained checkpoint is read only from inside the operator's model roots.
+    let pretrained = match &shard.init {
+        shared::spec::ModelInit::Random => None,
+        shared::spec::ModelInit::Pretrained { dir } => Some(crate::confine::model_dir(dir, &request.model_roots)?),
+    };
+
     // 1. Data: the task's real files, split by the shard seed.
     let span = info_span!("shard.data", task = %shard.task);
     let (splits, tok) = {
         let _e = span.enter();
         let loaded = load_task(shard.task, &request.data_dir)?;
         let splits = split_task(&loaded, &shard.data, shard.seed)?;
-        let tok_dir = match &shard.init {
-            shared::spec::ModelInit::Pretrained { dir }
-                if Path::new(dir).join("tokenizer.json").is_file() || Path::new(dir).join("vocab.json").is_file() =>
-            {
-                std::path::PathBuf::from(dir)
-            }
+        let tok_dir = match &pretrained {
+            Some(dir) if dir.join("tokenizer.json").is_file() || dir.join("vocab.json").is_file() => dir.clone(),
             _ => request.data_dir.join("tokenizers").join(TokenizerKind::for_family(shard.model.family()).dir_name()),
         };
         let tok = TextTokenizer::load(TokenizerKind::for_family(shard.model.family()), &tok_dir)?;
@@ -174,7 +176,8 @@ pub fn run_shard(
     // 2. Model on the pinned device; random init seeded by the shard seed.
     tch::manual_seed(torch_seed(step_seed(shard.seed, purpose::INIT, 0)));
     let vs = nn::VarStore::new(device);
-    let (net, model_config) = task_model::build_net(&vs, shard, info.num_labels as i64, i64::from(tok.pad_id()))?;
+    let (net, model_config) =
+        task_model::build_net(&vs, shard, pretrained.as_deref(), info.num_labels as i64, i64::from(tok.pad_id()))?;
     tok.check_model_vocab(net.vocab_size() as usize)?;
     let params = net.named_parameters();
     let parameters = net.parameter_count();
@@ -191,8 +194,11 @@ pub fn run_shard(
     };
 
     // 4. Resume from a checkpoint of an earlier attempt, if there is one.
-    let ckpt_dir =
-        request.checkpoint_dir.as_ref().map(|root| checkpoint::shard_dir(root, &shard.run_id, &shard.shard_id));
+    let ckpt_dir = request
+        .checkpoint_dir
+        .as_ref()
+        .map(|root| checkpoint::ShardDir::new(root, &shard.run_id, &shard.shard_id))
+        .transpose()?;
     let mut state = LoopState::new(&shard.shard_id);
     let mut resumed_from_step = None;
     if let Some(dir) = &ckpt_dir
@@ -200,7 +206,7 @@ pub fn run_shard(
     {
         let mut live: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
         live.extend(method.state_tensors());
-        checkpoint::restore(dir, &tensors, &live)?;
+        checkpoint::restore(dir.path(), &tensors, &live)?;
         if let Method::FirstOrder(opt) = &mut method {
             opt.step = saved.optimizer_step;
         }

@@ -10,7 +10,6 @@
 use tch::{Kind, Tensor, nn};
 
 use shared::shard::{ModelArch, Shard};
-use shared::spec::ModelInit;
 use shared::{ModelId, TaskId};
 
 use crate::data::encode::{
@@ -33,17 +32,20 @@ pub enum Net {
     Opt(opt::OptForCausalLM),
 }
 
-/// Builds the network of a shard in `vs` (random init or a checkpoint directory) and
-/// returns it with its resolved configuration as JSON.
-pub fn build_net(vs: &nn::VarStore, shard: &Shard, num_labels: i64, pad_id: i64) -> Result<(Net, serde_json::Value)> {
+/// Builds the network of a shard in `vs` — random init, or the checkpoint directory
+/// `pretrained` that the caller resolved from the shard's `init` (inside the agent's model
+/// roots) — and returns it with its resolved configuration as JSON.
+pub fn build_net(
+    vs: &nn::VarStore,
+    shard: &Shard,
+    pretrained: Option<&std::path::Path>,
+    num_labels: i64,
+    pad_id: i64,
+) -> Result<(Net, serde_json::Value)> {
     let root = vs.root();
-    let pretrained = match &shard.init {
-        ModelInit::Random => None,
-        ModelInit::Pretrained { dir } => Some(std::path::PathBuf::from(dir)),
-    };
     let net = match (&shard.arch, shard.model) {
         (ModelArch::Qwen3(arch), ModelId::Qwen3 | ModelId::RevQwen3) => {
-            let cfg = match &pretrained {
+            let cfg = match pretrained {
                 Some(dir) => qwen3::Config::from_hf_json(&hf::read_config(dir)?)?,
                 None => qwen3::Config::from_arch(arch),
             };
@@ -55,7 +57,7 @@ pub fn build_net(vs: &nn::VarStore, shard: &Shard, num_labels: i64, pad_id: i64)
             (net, cfg.to_hf_json())
         }
         (ModelArch::Opt(arch), ModelId::FtOpt | ModelId::MezoOpt | ModelId::DizoOpt) => {
-            let cfg = match &pretrained {
+            let cfg = match pretrained {
                 Some(dir) => opt::Config::from_hf_json(&hf::read_config(dir)?)?,
                 None => opt::Config::from_arch(arch),
             };
@@ -71,7 +73,7 @@ pub fn build_net(vs: &nn::VarStore, shard: &Shard, num_labels: i64, pad_id: i64)
             )));
         }
     };
-    if let Some(dir) = &pretrained {
+    if let Some(dir) = pretrained {
         // A classification head is new for a causal-LM checkpoint: it keeps its random init.
         let opts = hf::LoadOptions { allow_missing: vec!["score.weight".into()], ..Default::default() };
         hf::load_weights_with(vs, dir, &opts)?;

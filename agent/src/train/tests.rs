@@ -665,8 +665,8 @@ fn tiny_shard(model: ModelId, task: TaskId, seed: u64) -> Shard {
     train.checkpoint_every = 0;
     let dizo = (model == ModelId::DizoOpt).then(|| DizoSettings { interval: 2, inner_iters: 2, ..p.dizo.clone() });
     Shard {
-        run_id: "r-train-tests".into(),
-        shard_id: format!("{model}-{task}-{seed}"),
+        run_id: shared::RunId::new("r-train-tests").unwrap(),
+        shard_id: shared::ShardId::new(format!("{model}-{task}-{seed}")).unwrap(),
         index: 0,
         model,
         task,
@@ -688,6 +688,7 @@ fn request(shard: Shard, checkpoint_dir: Option<&Path>) -> WorkerRequest {
         device: DeviceSpec::Cpu,
         data_dir: crate::data::test_data_dir(),
         checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
+        model_roots: Vec::new(),
         threads: 1,
         traceparent: None,
         attempt: 1,
@@ -883,14 +884,14 @@ fn resume_equals_uninterrupted(model: ModelId) {
     let mut killed = KillAfter { events: VecSink::default(), after_step: 8 };
     let err = run_request(&request(shard.clone(), Some(dir_b.path())), &mut killed).unwrap_err();
     assert!(matches!(err, Error::Worker { .. }), "{err}");
-    let ckpt = checkpoint::shard_dir(dir_b.path(), &shard.run_id, &shard.shard_id);
+    let ckpt = checkpoint::ShardDir::new(dir_b.path(), &shard.run_id, &shard.shard_id).unwrap();
     let (saved, _) = checkpoint::load(&ckpt, &shard.shard_id).unwrap().expect("a checkpoint at step 8");
     assert_eq!(saved.step, 8);
     assert_eq!(saved.history.len(), 2, "evaluations at steps 4 and 8");
 
     // Keep a copy of the step-8 checkpoint for the negative control below.
     let dir_d = tempfile::tempdir().unwrap();
-    let ckpt_d = checkpoint::shard_dir(dir_d.path(), &shard.run_id, &shard.shard_id);
+    let ckpt_d = checkpoint::ShardDir::new(dir_d.path(), &shard.run_id, &shard.shard_id).unwrap();
     let (state_8, tensors_8) = checkpoint::load(&ckpt, &shard.shard_id).unwrap().unwrap();
     let mut tampered: Vec<(String, Tensor)> = tensors_8.into_iter().collect();
     tampered.sort_by(|a, b| a.0.cmp(&b.0));
@@ -911,10 +912,12 @@ fn resume_equals_uninterrupted(model: ModelId) {
     assert_eq!(lc, la, "{model}: training losses of steps 9..12");
 
     // Final checkpoints: every tensor bit-identical.
-    let final_a =
-        checkpoint::load(&checkpoint::shard_dir(dir_a.path(), &shard.run_id, &shard.shard_id), &shard.shard_id)
-            .unwrap()
-            .unwrap();
+    let final_a = checkpoint::load(
+        &checkpoint::ShardDir::new(dir_a.path(), &shard.run_id, &shard.shard_id).unwrap(),
+        &shard.shard_id,
+    )
+    .unwrap()
+    .unwrap();
     let final_c = checkpoint::load(&ckpt, &shard.shard_id).unwrap().unwrap();
     assert_eq!(final_a.0.step, 12);
     assert_eq!(final_a.0.history, final_c.0.history);
