@@ -1,29 +1,160 @@
 //! Reversible Qwen3: the Qwen3 blocks in a two-stream additive coupling (RevNet,
 //! Gomez et al. 2017, "The Reversible Residual Network"; Reformer's reversible layers),
 //! trained with backpropagation by reconstruction so activation memory is flat in depth.
+//! The streams are fixed-point integers, so the reconstruction is exact (MacKay et al.
+//! 2018, "Reversible Recurrent Neural Networks").
 //!
 //! Per layer, with `F = Attn ∘ RMSNorm_attn` and `G = MLP ∘ RMSNorm_mlp` (the two
-//! residual branches of `qwen3::DecoderLayer`, reused, not copied):
+//! residual branches of `qwen3::DecoderLayer`, reused, not copied), streams `x1`, `x2`
+//! held as int64 tensors on a grid of 2⁻³² ([`STREAM_FRACTION_BITS`]),
+//! `q(v) = round(v · 2³²)` (int64) and `dq(n) = n · 2⁻³²` in the model's kind:
 //!
 //! ```text
-//! x1 = x2 = embed(ids)
-//! y1 = x1 + F(x2)          x2 = y2 − G(y1)      (inverse)
-//! y2 = x2 + G(y1)          x1 = y1 − F(x2)
-//! hidden = RMSNorm((y1 + y2) / 2)  → LM head or last-non-pad classification head
+//! x1 = x2 = q(embed(ids))
+//! y1 = x1 + q(F(dq(x2)))       x2 = y2 − q(G(dq(y1)))      (inverse, integer arithmetic)
+//! y2 = x2 + q(G(dq(y1)))       x1 = y1 − q(F(dq(x2)))
+//! hidden = RMSNorm((dq(y1) + dq(y2)) / 2)  → LM head or last-non-pad classification head
 //! ```
 //!
-//! This module owns the coupling, the two heads and the reconstruction backward. Block
-//! code, config and state-dict names are Qwen3's (`model.layers.{i}.self_attn…`,
-//! `input_layernorm`, `post_attention_layernorm`, `mlp…`, `model.norm`), so a Qwen3
-//! checkpoint can initialise it. It is not an HF architecture: saved checkpoints carry
-//! `model_type = "rev_qwen3"` so transformers refuses them rather than loading them as
-//! plain Qwen3.
+//! Adding and subtracting integers is exact, so the backward recovers every block's input
+//! bit for bit, however large the streams grow (with float streams `(x + f) − f ≠ x`, and
+//! the error grew from the top of the stack down into the embedding). Each branch output
+//! is quantised once, after a cast to the model's kind (under bf16 autocast the branches
+//! compute in bf16; their outputs are cast to fp32 first). `q` is straight-through: the
+//! gradient is autograd's gradient of this quantised network with `dq ∘ q` taken as the
+//! identity. [`RevQwen3ForCausalLM::forward`] (training by autograd, eval, inference)
+//! computes the same quantised network as the reconstruction backward, so train and eval
+//! agree.
+//!
+//! The fp64 reference (tests, `qbench rev-grad-error`) is this same code with fp64
+//! weights: same weights, same grid, same straight-through `q`, branches in fp64. We
+//! take that, not the unquantised network, as "the same network" because it is the
+//! function the fp32 reconstruction and fp32 autograd both implement, so their errors
+//! against it are rounding errors only. The two references differ by the quantisation
+//! itself, at most 2⁻³³ ≈ 1.2e-10 absolute per addition.
+//!
+//! Range: the grid holds ±2³¹ in int64 (±2⁶³ integers). An embedding or branch output of
+//! magnitude ≥ 2³⁰ / (layers + 1), or a non-finite one, makes the output NaN (as a float
+//! network's non-finite activations would), so the trainer's non-finite-loss handling
+//! still sees it; below that no stream leaves ±2³⁰ and no integer addition can wrap.
+//! Trained Qwen3 hidden states (including the "massive activations" of a few channels,
+//! O(10³–10⁴)) are far inside. The grid step 2.3e-10 is finer than an fp32 ulp for any
+//! value above ~2e-3 in magnitude; smaller values are rounded to 1.2e-10 absolute.
+//!
+//! Exactness needs the recomputed branch output to be bit-identical to the forward's
+//! (same input bits, so the same kernels must run): the forward therefore runs each
+//! branch exactly as the backward recomputes it (grad enabled, on a fresh leaf holding
+//! `dq(x)`, graph dropped at once), so SDPA's backend choice, which can depend on
+//! `requires_grad`, is the same in both passes. Beyond that the caller must keep the
+//! kernels deterministic for fixed shapes between the two passes: cuBLAS is for a fixed
+//! shape, stream and workspace (`CUBLAS_WORKSPACE_CONFIG` pins the workspace); TF32
+//! settings must not change between forward and backward; autocast's low-precision
+//! weight copies are recast from the same fp32 weights, which gives the same bits; no
+//! dropout inside the branches (Qwen3 has none). `backward_by_reconstruction_checked`
+//! reports per layer whether the reconstruction was bit-identical.
+//!
+//! Memory: the backward keeps the two final int64 streams (8 bytes per value each) and
+//! one branch's graph at a time; the forward before it also holds one branch's graph at
+//! a time (the price of running branches as the recomputation does).
+//!
+//! This module owns the coupling, the fixed-point grid, the two heads, the
+//! reconstruction backward and its diagnostics (per-layer reconstruction check,
+//! per-parameter-group gradient error). Block code, config and state-dict names are
+//! Qwen3's (`model.layers.{i}.self_attn…`, `input_layernorm`, `post_attention_layernorm`,
+//! `mlp…`, `model.norm`), so a Qwen3 checkpoint can initialise it. It is not an HF
+//! architecture: saved checkpoints carry `model_type = "rev_qwen3"` so transformers
+//! refuses them rather than loading them as plain Qwen3.
 
-use tch::{Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 use super::common::{CheckedInputs, Linear, ensure};
-use super::qwen3::{self, Config, LayerInputs, Qwen3Model};
+use super::qwen3::{self, Config, DecoderLayer, LayerInputs, Qwen3Model};
 use crate::{Error, Result};
+
+/// Fraction bits of the fixed-point streams: a stream value is `n · 2^-STREAM_FRACTION_BITS`
+/// for an int64 `n`.
+pub const STREAM_FRACTION_BITS: i32 = 32;
+
+/// The fixed-point grid of one model: quantisation, dequantisation into the model's
+/// float kind, and the range guard.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    /// The model's parameter kind (fp32, or fp64 for references); `dq` returns it.
+    kind: Kind,
+    /// Largest magnitude an embedding or branch output may have (see the module docs).
+    limit: f64,
+}
+
+impl Grid {
+    fn new(model: &Qwen3Model) -> Grid {
+        let layers = model.layers.len() as f64;
+        Grid { kind: model.embed_tokens.kind(), limit: 2f64.powi(30) / (layers + 1.0) }
+    }
+
+    /// `q(v) = round(v · 2³²)` as int64, after casting `v` to the model's kind (exact
+    /// for bf16 outputs; scaling by a power of two is exact in binary floating point).
+    fn q(&self, v: &Tensor) -> Result<Tensor> {
+        let scaled = v.f_detach()?.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(STREAM_FRACTION_BITS))?;
+        Ok(scaled.f_round()?.f_to_kind(Kind::Int64)?)
+    }
+
+    /// `dq(n) = n · 2⁻³²` in the model's kind (no graph: callers attach one).
+    fn dq(&self, n: &Tensor) -> Result<Tensor> {
+        Ok(n.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(-STREAM_FRACTION_BITS))?)
+    }
+
+    /// `bad ∨ ¬(max |v| < limit)`, a 0-dim bool tensor (no host sync; NaN counts as bad).
+    fn out_of_range(&self, v: &Tensor, bad: Option<Tensor>) -> Result<Tensor> {
+        let this = v.f_detach()?.f_abs()?.f_max()?.f_lt(self.limit)?.f_logical_not()?;
+        match bad {
+            None => Ok(this),
+            Some(b) => Ok(b.f_logical_or(&this)?),
+        }
+    }
+
+    /// The value `dq(n)` with `carrier`'s graph attached as the identity (straight-through
+    /// `q`): `dq(n) + (carrier − carrier.detach())`, which adds an exact zero.
+    fn straight_through(&self, n: &Tensor, carrier: &Tensor) -> Result<Tensor> {
+        let value = self.dq(n)?;
+        if !carrier.requires_grad() {
+            return Ok(value);
+        }
+        Ok(value.f_add(&carrier.f_sub(&carrier.f_detach()?)?)?)
+    }
+}
+
+/// One stream in the autograd forward: its grid integers and their dequantised value,
+/// which carries the straight-through graph.
+struct Stream {
+    n: Tensor,
+    v: Tensor,
+}
+
+impl Stream {
+    /// `self + q(branch)`, with the gradient passing to both as in `x + branch`.
+    fn add(&self, grid: &Grid, branch: &Tensor) -> Result<Stream> {
+        let n = self.n.f_add(&grid.q(branch)?)?;
+        let v = grid.straight_through(&n, &self.v.f_add(branch)?)?;
+        Ok(Stream { n, v })
+    }
+}
+
+/// Runs one branch on a fresh leaf holding `dq(n)`, grad enabled, and returns its output
+/// in the model's kind (with graph) and the leaf. The forward and the backward both call
+/// this, so the recomputation dispatches the same kernels as the forward.
+fn run_branch(grid: &Grid, n: &Tensor, branch: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
+    let leaf = grid.dq(n)?.f_set_requires_grad(true)?;
+    let out = tch::with_grad(|| -> Result<Tensor> { Ok(branch(&leaf)?.f_to_kind(grid.kind)?) })?;
+    Ok((out, leaf))
+}
+
+fn attn(layer: &DecoderLayer, li: &LayerInputs) -> impl Fn(&Tensor) -> Result<Tensor> {
+    move |x| layer.attn_branch(x, li)
+}
+
+fn mlp(layer: &DecoderLayer) -> impl Fn(&Tensor) -> Result<Tensor> {
+    move |x| layer.mlp_branch(x)
+}
 
 /// The two-stream backbone shared by both heads.
 #[derive(Debug)]
@@ -32,60 +163,86 @@ struct RevQwen3Model {
 }
 
 impl RevQwen3Model {
-    /// Runs the coupled layers from `(x1, x2)` in the current grad mode → `(y1, y2)`.
-    fn streams(&self, h: &Tensor, li: &LayerInputs) -> Result<(Tensor, Tensor)> {
-        let (mut x1, mut x2) = (h.shallow_clone(), h.shallow_clone());
-        for layer in &self.inner.layers {
-            let y1 = x1.f_add(&layer.attn_branch(&x2, li)?)?;
-            let y2 = x2.f_add(&layer.mlp_branch(&y1)?)?;
-            (x1, x2) = (y1, y2);
-        }
-        Ok((x1, x2))
+    /// `RMSNorm((dq(y1) + dq(y2)) / 2)`, NaN everywhere when `bad` (a stream value left
+    /// the grid's safe range).
+    fn merge(&self, y1: &Tensor, y2: &Tensor, bad: &Tensor) -> Result<Tensor> {
+        let hidden = self.inner.norm.forward(&y1.f_add(y2)?.f_div_scalar(2.0)?)?;
+        Ok(hidden.f_masked_fill(bad, f64::NAN)?)
     }
 
-    /// `RMSNorm((y1 + y2) / 2)`.
-    fn merge(&self, y1: &Tensor, y2: &Tensor) -> Result<Tensor> {
-        self.inner.norm.forward(&y1.f_add(y2)?.f_div_scalar(2.0)?)
-    }
-
-    /// Ordinary autograd forward → final hidden states `[B, T, hidden]`.
+    /// Ordinary autograd forward of the quantised network → final hidden states
+    /// `[B, T, hidden]`. Gradients pass through `q` as the identity.
     fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, CheckedInputs)> {
         // 1. Checks, shared mask and RoPE tables.
         let (inputs, li) = self.inner.prepare(ids, mask)?;
-        // 2. Embed [B, T, hidden], duplicate into both streams, run the coupled layers.
+        let grid = Grid::new(&self.inner);
+        // 2. Embed [B, T, hidden], quantise, duplicate into both streams.
         let h = self.inner.embed(&inputs.ids)?;
-        let (y1, y2) = self.streams(&h, &li)?;
-        // 3. Merge the streams and normalise.
-        Ok((self.merge(&y1, &y2)?, inputs))
+        let mut bad = grid.out_of_range(&h, None)?;
+        let n = grid.q(&h)?;
+        let v = grid.straight_through(&n, &h)?;
+        let mut x1 = Stream { n: n.shallow_clone(), v: v.shallow_clone() };
+        let mut x2 = Stream { n, v };
+        // 3. Coupled layers.
+        for layer in &self.inner.layers {
+            let f = layer.attn_branch(&x2.v, &li)?.f_to_kind(grid.kind)?;
+            bad = grid.out_of_range(&f, Some(bad))?;
+            x1 = x1.add(&grid, &f)?;
+            let g = layer.mlp_branch(&x1.v)?.f_to_kind(grid.kind)?;
+            bad = grid.out_of_range(&g, Some(bad))?;
+            x2 = x2.add(&grid, &g)?;
+        }
+        // 4. Merge the streams and normalise.
+        Ok((self.merge(&x1.v, &x2.v, &bad)?, inputs))
     }
 
-    /// Backprop by reconstruction; `head` maps hidden states to logits.
+    /// Backprop by reconstruction; `head` maps hidden states to logits. With `probe`,
+    /// the forward also keeps every block's input streams (diagnostic only: memory then
+    /// grows with depth) and the backward appends, per layer from the top, how its
+    /// reconstruction compares.
     fn backward_by_reconstruction(
         &self,
         ids: &Tensor,
         mask: &Tensor,
         head: &dyn Fn(&Tensor, &CheckedInputs) -> Result<Tensor>,
         loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+        mut probe: Option<&mut Vec<LayerReconstruction>>,
     ) -> Result<Tensor> {
         // 1. Shared inputs (mask, RoPE tables) once for the forward and every block's
         //    recomputation.
         let (inputs, li) = self.inner.prepare(ids, mask)?;
+        let grid = Grid::new(&self.inner);
 
-        // 2. Forward without a graph; keep only the final streams.
-        let (mut y1, mut y2) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-            let h = self.inner.embed(&inputs.ids)?;
-            self.streams(&h, &li)
-        })?;
-        // Under autocast the forward cached a low-precision copy of every layer's
-        // weights; drop them so the backward holds one block's copies at a time.
-        crate::ffi::autocast_clear_cache();
+        // 2. Forward, keeping only the final integer streams. Each branch runs as the
+        //    backward will re-run it (`run_branch`); its graph is dropped at once.
+        let mut stored: Option<Vec<(Tensor, Tensor)>> = probe.as_ref().map(|_| Vec::new());
+        let h = tch::no_grad(|| self.inner.embed(&inputs.ids))?;
+        let mut bad = grid.out_of_range(&h, None)?;
+        let mut y1 = grid.q(&h)?;
+        let mut y2 = y1.shallow_clone();
+        drop(h);
+        for layer in &self.inner.layers {
+            if let Some(s) = stored.as_mut() {
+                s.push((y1.shallow_clone(), y2.shallow_clone()));
+            }
+            let f = run_branch(&grid, &y2, &attn(layer, &li))?.0.f_detach()?;
+            bad = grid.out_of_range(&f, Some(bad))?;
+            y1 = y1.f_add(&grid.q(&f)?)?;
+            let g = run_branch(&grid, &y1, &mlp(layer))?.0.f_detach()?;
+            bad = grid.out_of_range(&g, Some(bad))?;
+            y2 = y2.f_add(&grid.q(&g)?)?;
+            // Under autocast each branch cached low-precision copies of its weights;
+            // drop them so at most one block's copies are alive.
+            crate::ffi::autocast_clear_cache();
+        }
 
-        // 3. Head and loss with grad, on detached leaves: parameter gradients of the norm
-        //    and head accumulate, and the leaves receive dL/dy1, dL/dy2.
-        let leaf1 = y1.f_detach()?.f_set_requires_grad(true)?;
-        let leaf2 = y2.f_detach()?.f_set_requires_grad(true)?;
+        // 3. Head and loss with grad, on leaves holding dq(y1), dq(y2): parameter
+        //    gradients of the norm and head accumulate, and the leaves receive dL/dy1,
+        //    dL/dy2 (straight through dq).
+        let leaf1 = grid.dq(&y1)?.f_set_requires_grad(true)?;
+        let leaf2 = grid.dq(&y2)?.f_set_requires_grad(true)?;
         let loss = tch::with_grad(|| -> Result<Tensor> {
-            let hidden = self.merge(&leaf1, &leaf2)?;
+            let hidden = self.merge(&leaf1, &leaf2, &bad)?;
             loss_fn(&head(&hidden, &inputs)?)
         })?;
         if loss.numel() != 1 {
@@ -96,34 +253,68 @@ impl RevQwen3Model {
         let mut g2 = grad_or_zeros(&leaf2)?;
         drop((leaf1, leaf2));
 
-        // 4. Blocks in reverse. Each re-runs one branch with grad on a detached input,
-        //    reconstructs the block input from that output, and backpropagates the
+        // 4. Blocks in reverse. Each re-runs one branch on the exact block input,
+        //    subtracts its quantised output in integers (exact), and backpropagates the
         //    incoming gradient as a vector–Jacobian product (surrogate (out·g).sum()).
         //    Only one branch's graph is alive at a time.
-        for layer in self.inner.layers.iter().rev() {
-            // 4a. G: y2 = x2 + G(y1)  ⇒  x2 = y2 − G(y1);  dL/dy1 += J_Gᵀ · dL/dy2.
-            let y1_leaf = y1.f_detach()?.f_set_requires_grad(true)?;
-            let g_out = tch::with_grad(|| layer.mlp_branch(&y1_leaf))?;
-            let x2 = tch::no_grad(|| y2.f_sub(&g_out.f_detach()?))?;
+        for (i, layer) in self.inner.layers.iter().enumerate().rev() {
+            // 4a. G: y2 = x2 + q(G(y1))  ⇒  x2 = y2 − q(G(y1));  dL/dy1 += J_Gᵀ · dL/dy2.
+            let (g_out, y1_leaf) = run_branch(&grid, &y1, &mlp(layer))?;
+            let x2 = y2.f_sub(&grid.q(&g_out)?)?;
             vjp(&g_out, &g2)?;
             let g1_total = g1.f_add(&grad_or_zeros(&y1_leaf)?)?;
             drop((g_out, y1_leaf, y2));
 
-            // 4b. F: y1 = x1 + F(x2)  ⇒  x1 = y1 − F(x2);  dL/dx2 = dL/dy2 + J_Fᵀ · dL/dy1.
-            let x2_leaf = x2.f_detach()?.f_set_requires_grad(true)?;
-            let f_out = tch::with_grad(|| layer.attn_branch(&x2_leaf, &li))?;
-            let x1 = tch::no_grad(|| y1.f_sub(&f_out.f_detach()?))?;
+            // 4b. F: y1 = x1 + q(F(x2))  ⇒  x1 = y1 − q(F(x2));  dL/dx2 = dL/dy2 + J_Fᵀ · dL/dy1.
+            let (f_out, x2_leaf) = run_branch(&grid, &x2, &attn(layer, &li))?;
+            let x1 = y1.f_sub(&grid.q(&f_out)?)?;
             vjp(&f_out, &g1_total)?;
             g2 = g2.f_add(&grad_or_zeros(&x2_leaf)?)?;
             g1 = g1_total;
+            drop((f_out, x2_leaf));
+
+            if let (Some(report), Some(stored)) = (probe.as_mut(), stored.as_mut()) {
+                let (f1, f2) = stored.pop().ok_or_else(|| Error::Unsupported("probe: no stored block input".into()))?;
+                report.push(LayerReconstruction::compare(i, (&x1, &x2), (&f1, &f2))?);
+            }
             (y1, y2) = (x1, x2);
             crate::ffi::autocast_clear_cache();
         }
 
-        // 5. Both streams started as the embedding: dL/dh = dL/dx1 + dL/dx2.
+        // 5. Both streams started as q(embedding): dL/dh = dL/dx1 + dL/dx2.
         let emb = tch::with_grad(|| self.inner.embed(&inputs.ids))?;
         vjp(&emb, &g1.f_add(&g2)?)?;
         Ok(loss.f_detach()?)
+    }
+}
+
+/// One block's inputs as the reconstruction backward recovered them, compared with the
+/// forward's (a diagnostic: see `backward_by_reconstruction_checked`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReconstruction {
+    /// Layer index.
+    pub layer: usize,
+    /// Both reconstructed input streams equal the forward's bit for bit.
+    pub bit_identical: bool,
+    /// max |x1_reconstructed − x1_forward| in stream units (grid steps × 2⁻³²).
+    pub x1_max_abs_error: f64,
+    /// max |x2_reconstructed − x2_forward| in stream units.
+    pub x2_max_abs_error: f64,
+}
+
+impl LayerReconstruction {
+    fn compare(layer: usize, rebuilt: (&Tensor, &Tensor), forward: (&Tensor, &Tensor)) -> Result<Self> {
+        let err = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            let steps = a.f_sub(b)?.f_abs()?.f_max()?.f_to_kind(Kind::Double)?.f_double_value(&[])?;
+            Ok(steps * 2f64.powi(-STREAM_FRACTION_BITS))
+        };
+        let (e1, e2) = (err(rebuilt.0, forward.0)?, err(rebuilt.1, forward.1)?);
+        Ok(LayerReconstruction {
+            layer,
+            bit_identical: e1 == 0.0 && e2 == 0.0,
+            x1_max_abs_error: e1,
+            x2_max_abs_error: e2,
+        })
     }
 }
 
@@ -138,6 +329,69 @@ fn vjp(out: &Tensor, grad: &Tensor) -> Result<()> {
 fn grad_or_zeros(leaf: &Tensor) -> Result<Tensor> {
     let g = leaf.f_grad()?;
     if g.defined() { Ok(g.f_detach()?) } else { Ok(leaf.f_zeros_like()?) }
+}
+
+/// The parameter group a Qwen3 parameter's gradient is reported under: `embedding`,
+/// `layers.{i}.attention` (q/k/v/o projections), `layers.{i}.mlp`, `layers.{i}.norms`
+/// (input, post-attention, q and k norms) and `head` (final norm, `lm_head`, `score`).
+pub fn parameter_group(name: &str) -> String {
+    let name = name.strip_prefix("model.").unwrap_or(name);
+    if name.starts_with("embed_tokens") {
+        return "embedding".into();
+    }
+    if let Some(rest) = name.strip_prefix("layers.") {
+        let (index, within) = rest.split_once('.').unwrap_or((rest, ""));
+        let part = if within.contains("norm") {
+            "norms"
+        } else if within.starts_with("self_attn") {
+            "attention"
+        } else if within.starts_with("mlp") {
+            "mlp"
+        } else {
+            "other"
+        };
+        return format!("layers.{index}.{part}");
+    }
+    "head".into()
+}
+
+/// Absolute floor of a reference gradient norm in [`group_relative_errors`], so a group
+/// whose reference gradient is exactly zero reports its absolute error instead of a
+/// division by zero.
+pub const GROUP_NORM_FLOOR: f64 = 1e-30;
+
+/// Per parameter group (in first-seen order of `reference`), the relative error
+/// `‖g − g_ref‖ / max(‖g_ref‖, GROUP_NORM_FLOOR)` over the group's concatenated
+/// gradients, computed in fp64. Both lists name the same parameters in the
+/// same order; a missing gradient is an error. Computed on the gradients' device; only
+/// the sums come back.
+pub fn group_relative_errors(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> Result<Vec<(String, f64)>> {
+    if ours.len() != reference.len() {
+        return Err(Error::Unsupported(format!("{} gradients vs {} reference gradients", ours.len(), reference.len())));
+    }
+    // (group, Σ‖Δ‖², Σ‖ref‖²)
+    let mut sums: Vec<(String, f64, f64)> = Vec::new();
+    for ((name, g), (ref_name, r)) in ours.iter().zip(reference) {
+        if name != ref_name {
+            return Err(Error::Unsupported(format!("gradient order differs: {name} vs {ref_name}")));
+        }
+        if !g.defined() || !r.defined() {
+            return Err(Error::Unsupported(format!("{name}: gradient missing")));
+        }
+        let to64 = |t: &Tensor| t.f_to_kind(Kind::Double);
+        let (g, r) = (to64(g)?, to64(r)?);
+        let diff = g.f_sub(&r)?.f_square()?.f_sum(None::<Kind>)?.f_double_value(&[])?;
+        let norm = r.f_square()?.f_sum(None::<Kind>)?.f_double_value(&[])?;
+        let group = parameter_group(name);
+        match sums.iter_mut().find(|(n, _, _)| *n == group) {
+            Some(entry) => {
+                entry.1 += diff;
+                entry.2 += norm;
+            }
+            None => sums.push((group, diff, norm)),
+        }
+    }
+    Ok(sums.into_iter().map(|(n, d, r)| (n, d.sqrt() / r.sqrt().max(GROUP_NORM_FLOOR))).collect())
 }
 
 /// Reversible Qwen3 with a language-model head (tied or untied, as the config says).
@@ -179,7 +433,29 @@ impl RevQwen3ForCausalLM {
         attention_mask: &Tensor,
         loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        self.model.backward_by_reconstruction(input_ids, attention_mask, &|h, i| self.head(h, i), loss_fn)
+        self.model.backward_by_reconstruction(input_ids, attention_mask, &|h, i| self.head(h, i), loss_fn, None)
+    }
+
+    /// [`Self::backward_by_reconstruction`] as a diagnostic: the forward also keeps every
+    /// block's input streams (so memory grows with depth: not for training) and the
+    /// backward compares each reconstructed input with them. Returns the loss and one
+    /// entry per layer, bottom first. The gradients are the same as the plain call's.
+    pub fn backward_by_reconstruction_checked(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Vec<LayerReconstruction>)> {
+        let mut report = Vec::new();
+        let loss = self.model.backward_by_reconstruction(
+            input_ids,
+            attention_mask,
+            &|h, i| self.head(h, i),
+            loss_fn,
+            Some(&mut report),
+        )?;
+        report.reverse();
+        Ok((loss, report))
     }
 
     /// Trainable tensors with Qwen3's HF names, in Qwen3's order.
@@ -247,7 +523,7 @@ impl RevQwen3ForSequenceClassification {
         attention_mask: &Tensor,
         loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        self.model.backward_by_reconstruction(input_ids, attention_mask, &|h, i| self.head(h, i), loss_fn)
+        self.model.backward_by_reconstruction(input_ids, attention_mask, &|h, i| self.head(h, i), loss_fn, None)
     }
 
     /// Trainable tensors with Qwen3's HF names: `model.*`, then `score.weight`.
@@ -324,30 +600,59 @@ mod tests {
         let logits = m.forward(&ids, &mask).unwrap();
         assert_eq!(logits.size(), [3, 7, 64]);
 
-        // The coupling written out from the Qwen3 blocks.
+        // The coupling written out from the Qwen3 blocks, with the grid spelled out.
+        let scale = 2f64.powi(32);
+        let q = |v: Tensor| (v * scale).round().to_kind(Kind::Int64);
+        let dq = |n: &Tensor| n.to_kind(Kind::Double) / scale;
         let inner = &m.model.inner;
         let (inputs, li) = inner.prepare(&ids, &mask).unwrap();
-        let h = inner.embed(&inputs.ids).unwrap();
-        let (mut x1, mut x2) = (h.shallow_clone(), h.shallow_clone());
+        let h = q(inner.embed(&inputs.ids).unwrap());
+        let (mut x1, mut x2) = (h.shallow_clone(), h);
         let mut stages = vec![];
         for layer in &inner.layers {
-            let y1 = &x1 + layer.attn_branch(&x2, &li).unwrap();
-            let y2 = &x2 + layer.mlp_branch(&y1).unwrap();
+            let y1 = &x1 + q(layer.attn_branch(&dq(&x2), &li).unwrap());
+            let y2 = &x2 + q(layer.mlp_branch(&dq(&y1)).unwrap());
             stages.push((x1, x2));
             (x1, x2) = (y1, y2);
         }
-        let hidden = inner.norm.forward(&((&x1 + &x2) / 2.0)).unwrap();
+        assert_eq!(x1.kind(), Kind::Int64);
+        let hidden = inner.norm.forward(&((dq(&x1) + dq(&x2)) / 2.0)).unwrap();
         let expected = hidden.linear(&m.lm_head.as_ref().unwrap().weight, None::<Tensor>);
-        assert!(max_abs(&logits, &expected) < 1e-12);
+        assert!(logits.equal(&expected), "forward differs from the written-out coupling");
 
-        // Each block's inputs are recovered from its outputs (what the backward relies on).
+        // Each block's inputs are recovered from its outputs exactly (integer arithmetic).
         let (mut y1, mut y2) = (x1, x2);
         for (layer, (x1, x2)) in inner.layers.iter().zip(stages).rev() {
-            let r2 = &y2 - layer.mlp_branch(&y1).unwrap();
-            let r1 = &y1 - layer.attn_branch(&r2, &li).unwrap();
-            assert!(max_abs(&r1, &x1) < 1e-10 && max_abs(&r2, &x2) < 1e-10);
+            let r2 = &y2 - q(layer.mlp_branch(&dq(&y1)).unwrap());
+            let r1 = &y1 - q(layer.attn_branch(&dq(&r2), &li).unwrap());
+            assert!(r1.equal(&x1) && r2.equal(&x2));
             (y1, y2) = (r1, r2);
         }
+    }
+
+    /// A non-finite (or out-of-range) branch output cannot hide in an integer stream:
+    /// the output becomes NaN, as a float network's would, in both the forward and the
+    /// reconstruction step's loss.
+    #[test]
+    fn non_finite_activations_give_a_non_finite_loss() {
+        let _rng = rng_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = RevQwen3ForCausalLM::new(&vs.root(), &config(2, false)).unwrap();
+        let params = m.named_parameters();
+        randomize(&params, 14);
+        let (ids, mask) = batch();
+        assert!(m.forward(&ids, &mask).unwrap().isfinite().all().int64_value(&[]) == 1);
+        let w = &params.iter().find(|(n, _)| n == "model.layers.0.mlp.down_proj.weight").unwrap().1;
+        tch::no_grad(|| {
+            let _ = w.get(0).get(0).fill_(f64::INFINITY);
+        });
+        assert!(m.forward(&ids, &mask).unwrap().isnan().all().int64_value(&[]) == 1);
+        let loss = m.backward_by_reconstruction(&ids, &mask, &mut lm_loss(&mask)).unwrap();
+        assert!(loss.double_value(&[]).is_nan());
+        tch::no_grad(|| {
+            let _ = w.get(0).get(0).fill_(1e12);
+        });
+        assert!(m.forward(&ids, &mask).unwrap().isnan().all().int64_value(&[]) == 1);
     }
 
     /// Autograd through `forward` vs `backward_by_reconstruction` on a padded batch;
@@ -435,6 +740,95 @@ mod tests {
         for ((n, twice), (_, once)) in grads(&params).iter().zip(&reference) {
             assert!(max_abs(twice, &(once * 2.0)) <= 1e-9 * once.abs().max().double_value(&[]).max(1e-30), "{n}");
         }
+    }
+
+    /// The `small` preset's Qwen3 shape (hidden 128, 4/2 heads × 32, MLP 384) and HF
+    /// init (std 0.02, norms at one), at `layers` layers. The vocabulary is cut to 512
+    /// (it only sizes the embedding and head, not the streams) and the head is untied,
+    /// so the embedding's gradient comes only through the reversible stack, where the
+    /// reconstruction error is born.
+    fn preset_config(layers: i64) -> Config {
+        let mut cfg = Config::from_arch(&shared::scale::preset("small").unwrap().qwen3);
+        cfg.num_hidden_layers = layers;
+        cfg.vocab_size = 512;
+        cfg.tie_word_embeddings = false;
+        cfg
+    }
+
+    /// Next-token cross-entropy (targets = the following real token; pads and each
+    /// row's last position ignored), in fp32 at least as the trainer computes it.
+    fn next_token_loss<'a>(ids: &'a Tensor, mask: &'a Tensor) -> impl FnMut(&Tensor) -> Result<Tensor> + 'a {
+        move |logits: &Tensor| {
+            let (b, t, v) = (logits.size()[0], logits.size()[1], logits.size()[2]);
+            let next =
+                Tensor::cat(&[ids.narrow(1, 1, t - 1), Tensor::full([b, 1], -100, (Kind::Int64, Device::Cpu))], 1);
+            let next_real =
+                Tensor::cat(&[mask.narrow(1, 1, t - 1), Tensor::zeros([b, 1], (Kind::Int64, Device::Cpu))], 1);
+            let targets = next.where_scalarother(&next_real.ne(0), -100).view([-1]);
+            let logits =
+                if logits.kind() == Kind::Double { logits.shallow_clone() } else { logits.to_kind(Kind::Float) };
+            Ok(logits.f_view([-1, v])?.f_cross_entropy_loss(&targets, None::<Tensor>, Reduction::Mean, -100, 0.0)?)
+        }
+    }
+
+    /// Exactness at depth, at the preset's width and init: (a) every block input the
+    /// backward reconstructs equals the forward's bit for bit; (b) per parameter group,
+    /// the fp32 reconstruction gradient is within 1.5× of plain fp32 autograd's error,
+    /// both measured against autograd through the same network in fp64
+    /// (`GROUP_NORM_FLOOR` guards the division).
+    #[test]
+    fn reconstruction_is_exact_and_as_accurate_as_fp32_autograd_at_depth() {
+        let _rng = rng_guard();
+        tch::manual_seed(21);
+        let cfg = preset_config(12);
+        let vs32 = nn::VarStore::new(Device::Cpu);
+        let m32 = RevQwen3ForCausalLM::new(&vs32.root(), &cfg).unwrap();
+        let mut vs64 = nn::VarStore::new(Device::Cpu);
+        let m64 = RevQwen3ForCausalLM::new(&vs64.root(), &cfg).unwrap();
+        vs64.copy(&vs32).unwrap();
+        vs64.double();
+        let ids = Tensor::randint_low(1, cfg.vocab_size, [2, 96], (Kind::Int64, Device::Cpu));
+        let mask = Tensor::ones([2, 96], (Kind::Int64, Device::Cpu));
+        let _ = mask.get(1).narrow(0, 80, 16).fill_(0);
+
+        // Reference: autograd through the fp64 network.
+        let p64 = m64.named_parameters();
+        zero_grads(&p64);
+        next_token_loss(&ids, &mask)(&m64.forward(&ids, &mask).unwrap()).unwrap().backward();
+        let reference = grads(&p64);
+
+        // Plain fp32 autograd through the same network.
+        let p32 = m32.named_parameters();
+        zero_grads(&p32);
+        next_token_loss(&ids, &mask)(&m32.forward(&ids, &mask).unwrap()).unwrap().backward();
+        let plain = grads(&p32);
+
+        // fp32 reconstruction, with the reconstructed inputs checked against the forward's.
+        zero_grads(&p32);
+        let (_, report) =
+            m32.backward_by_reconstruction_checked(&ids, &mask, &mut next_token_loss(&ids, &mask)).unwrap();
+        let rev = grads(&p32);
+
+        let plain_err = group_relative_errors(&plain, &reference).unwrap();
+        let rev_err = group_relative_errors(&rev, &reference).unwrap();
+        let mut failures = Vec::new();
+        for ((group, p), (_, r)) in plain_err.iter().zip(&rev_err) {
+            eprintln!("{group:>22}: reconstruction {r:.3e}  autograd {p:.3e}  ratio {:.2}", r / p);
+            if r.is_nan() || *r > 1.5 * p {
+                failures.push(format!("{group}: {r:.3e} > 1.5 × {p:.3e}"));
+            }
+        }
+        assert_eq!(report.len(), 12);
+        for l in &report {
+            eprintln!(
+                "layer {:>2}: bit-identical {}  max |Δx1| {:.3e}  max |Δx2| {:.3e}",
+                l.layer, l.bit_identical, l.x1_max_abs_error, l.x2_max_abs_error
+            );
+            if !l.bit_identical {
+                failures.push(format!("layer {} inputs not reconstructed bit for bit", l.layer));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]
