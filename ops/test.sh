@@ -12,6 +12,9 @@ if [ -z "$QSCHED_DATA_DIR" ] || [ ! -d "$QSCHED_DATA_DIR/glue" ]; then
   echo "test: no data directory; set QSCHED_DATA_DIR (expected ../shared/data beside the repository)" >&2
   exit 1
 fi
+# Formatting and lints are part of the suite: a warning fails it.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start real qagent / qsched processes: build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -4,7 +4,6 @@
 //! checkpoint root is touched. (`ops/chaos.sh` runs the long version.)
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,27 +11,14 @@ use shared::DeviceClass;
 use shared::broker::{Broker, OutgoingMessage};
 use shared::redis_store::{RedisConfig, RedisStore};
 use shared::shard::{Shard, ShardState};
-use shared::spec::{BenchmarkSpec, ModelInit, SpecInput};
+use shared::spec::{BenchmarkSpec, ModelInit};
 use shared::store::Store;
 
 use crate::procs::{AgentProcess, Fleet, bin};
-use crate::util::{PrivateRedis, TestBroker, unique_prefix};
+use crate::util::{PrivateRedis, TestBroker, snapshot, unique_prefix};
 
 fn tiny_qwen3(seeds: Vec<u64>, steps: u32) -> BenchmarkSpec {
-    SpecInput {
-        scale: Some("tiny".into()),
-        models: Some(vec!["qwen3".into()]),
-        tasks: Some(vec!["sst2".into()]),
-        seeds: Some(seeds),
-        set: vec![
-            format!("first_order.max_steps={steps}"),
-            format!("first_order.eval_every={steps}"),
-            "first_order.checkpoint_every=2".into(),
-        ],
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap()
+    crate::procs::tiny_qwen3(seeds, steps, 2)
 }
 
 async fn publish(broker: &dyn Broker, shards: &[Shard]) {
@@ -47,23 +33,6 @@ fn tampered(shard: &Shard, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8>
     let mut value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
     edit(&mut value["shard"]);
     rmp_serde::to_vec_named(&value).unwrap()
-}
-
-/// Every file under `dir` with its contents, to show that nothing there changed.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +69,23 @@ async fn path_traversal_ids_and_model_dirs_touch_nothing_outside_the_roots() {
         ),
         ("nul", tampered(&shards[0], |s| s["shard_id"] = "\u{0}\u{1}".into())),
         ("slash", tampered(&shards[0], |s| s["shard_id"] = "../../victim".into())),
+        // Valid ids, other settings: it would run them under the real shard's id.
+        ("edited", tampered(&shards[0], |s| s["train"]["learning_rate"] = 0.5.into())),
+        // Another (valid) run id: the content hash does not cover it, the message id does.
+        ("other-run", tampered(&shards[0], |s| s["run_id"] = "r-elsewhere".into())),
     ];
+    // The last two travel under the real shard's message id, as a message changed in
+    // transit would.
+    let real_id = format!("{run}:{}", shards[0].shard_id);
     let messages = hostile
         .into_iter()
         .map(|(name, body)| OutgoingMessage {
             class: DeviceClass::Cpu,
-            message_id: format!("hostile:{name}"),
+            message_id: if matches!(name, "edited" | "other-run") {
+                real_id.clone()
+            } else {
+                format!("hostile:{name}")
+            },
             body,
             headers: BTreeMap::new(),
         })
@@ -114,6 +94,7 @@ async fn path_traversal_ids_and_model_dirs_touch_nothing_outside_the_roots() {
     // A shard with valid ids that names a model directory the operator did not allow.
     let mut etc = shards[1].clone();
     etc.init = ModelInit::Pretrained { dir: "/etc".into() };
+    etc.shard_id = etc.content_id();
     // And an ordinary shard after all of them: the agent keeps working.
     publish(fleet.broker(), &[etc.clone(), shards[0].clone()]).await;
 
@@ -140,10 +121,16 @@ async fn path_traversal_ids_and_model_dirs_touch_nothing_outside_the_roots() {
 
     // Every hostile message is dead-lettered with its reason; none ran.
     let dead = fleet.broker().dead_letters(20).await.unwrap();
-    assert_eq!(dead.len(), 5, "{dead:?}");
+    assert_eq!(dead.len(), 7, "{dead:?}");
+    let corrupt: Vec<&str> =
+        dead.iter().filter(|d| d.reason.contains("corrupt shard:")).map(|d| d.reason.as_str()).collect();
+    assert!(corrupt.iter().any(|r| r.contains("content hashes to")), "{corrupt:?}");
+    assert!(corrupt.iter().any(|r| r.contains("does not name the shard")), "{corrupt:?}");
     for letter in &dead {
         assert!(
-            letter.reason.contains("not a valid run id") || letter.reason.contains("not a valid shard id"),
+            letter.reason.contains("not a valid run id")
+                || letter.reason.contains("not a valid shard id")
+                || letter.reason.contains("corrupt shard:"),
             "{letter:?}"
         );
     }
@@ -243,5 +230,63 @@ async fn a_redis_outage_with_an_idle_agent_dead_letters_nothing() {
     assert!(fleet.broker().dead_letters(10).await.unwrap().is_empty());
     assert_eq!(fleet.broker().queue_depth(DeviceClass::Cpu).await.unwrap(), 0);
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent exited");
+    agent.kill();
+}
+
+/// The pid of `agent`'s worker process, once it has one.
+async fn worker_pid(agent: &AgentProcess) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.pid())).unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            return pid.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the agent started no worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_flagged_killed_and_its_shard_requeued() {
+    let fleet = Fleet::new("sigstop").await;
+    let run = scheduler::new_run_id();
+    let shards = scheduler::expand(&tiny_qwen3(vec![1], 200), &run);
+    let checkpoints = tempfile::tempdir().unwrap();
+    publish(fleet.broker(), &shards).await;
+    let mut agent =
+        fleet.agent(&["--stall-timeout-secs", "8", "--checkpoint-dir", checkpoints.path().to_str().unwrap()]);
+    // Well into training (past a checkpoint), stop the worker as SIGSTOP (or a hung
+    // kernel) would: the process lives, the agent's own heartbeat stays fresh.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let agents = fleet.store.agents().await.unwrap();
+        if agents.iter().any(|a| a.step.is_some_and(|s| s >= 20)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shard never reached step 20");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = worker_pid(&agent).await;
+    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    // The agent's heartbeat shows the worker's progress going stale...
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let beat = fleet.store.agents().await.unwrap().remove(0);
+    let silent = shared::shard::unix_now() - beat.progress_at.expect("progress time in the heartbeat");
+    assert!(silent >= 3.0, "progress {silent:.1} s old while the worker is stopped");
+    // ... then the watchdog kills it and the shard runs again, resuming, to the end.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let result = loop {
+        if let Some(r) = fleet.store.get_result(&run, &shards[0].shard_id).await.unwrap() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the stopped shard never finished");
+        assert!(agent.child.try_wait().unwrap().is_none(), "the agent exited");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(result.status, ShardState::Succeeded, "{:?}", result.error);
+    assert_eq!(result.attempt, 2);
+    assert!(result.resumed_from_step.is_some_and(|s| s >= 20), "resumed from {:?}", result.resumed_from_step);
+    assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "the stopped worker was not killed");
+    assert!(fleet.broker().dead_letters(10).await.unwrap().is_empty());
     agent.kill();
 }

@@ -109,3 +109,21 @@ fn local_mode_without_a_cuda_device_is_refused() {
         .unwrap();
     assert_fails(&out, "libtorch_cuda.so");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_counted_in_full_and_an_unused_prefix_has_none() {
+    let fleet = Fleet::new("dlcount").await;
+    // A prefix nothing was ever declared under: zero, not a broker error.
+    let mut cmd = std::process::Command::new(bin("qsched"));
+    fleet.env(&mut cmd);
+    let out = cmd.env("QSCHED_PREFIX", crate::util::unique_prefix("never-used")).arg("dead-letters").output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("0 message(s) in the dead-letter queue"), "{stdout}");
+    // More dead letters than a listing shows: the count is the queue's, not the page's.
+    for i in 0..7 {
+        fleet.broker().dead_letter(format!("body {i}").into_bytes(), Default::default(), "test").await.unwrap();
+    }
+    let (stdout, stderr) = text(&fleet.qsched(&["dead-letters", "--limit", "3"]));
+    assert!(stdout.starts_with("7 message(s) in the dead-letter queue, the first 3 shown"), "{stdout}{stderr}");
+}

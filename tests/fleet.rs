@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shared::DeviceClass;
 use shared::broker::{Broker, OutgoingMessage};
 use shared::shard::ShardState;
-use shared::spec::{BenchmarkSpec, SpecInput};
+use shared::spec::BenchmarkSpec;
 use shared::store::Store;
 
 use crate::procs::{Fleet, text};
@@ -23,16 +23,7 @@ fn overrides(steps: u32) -> Vec<String> {
 }
 
 fn tiny_qwen3(seeds: Vec<u64>, steps: u32) -> BenchmarkSpec {
-    SpecInput {
-        scale: Some("tiny".into()),
-        models: Some(vec!["qwen3".into()]),
-        tasks: Some(vec!["sst2".into()]),
-        seeds: Some(seeds),
-        set: overrides(steps),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap()
+    crate::procs::tiny_qwen3(seeds, steps, 10)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +166,7 @@ async fn poison_message_is_dead_lettered_and_the_agent_keeps_working() {
     let dead = fleet.broker().dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].reason.contains("undecodable"), "{}", dead[0].reason);
+    assert_eq!(dead[0].message_id.as_deref(), Some("garbage:1"), "the dead letter keeps the message id");
     let recorded = fleet.store.dead_letter_records(10).await.unwrap();
     assert_eq!(recorded.len(), 1);
     let out = fleet.qsched(&["dead-letters"]);

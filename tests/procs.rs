@@ -12,6 +12,25 @@ use shared::store::Store;
 
 use crate::util::{TestBroker, TestStore, amqp_url, redis_url, unique_prefix};
 
+/// A run of tiny `qwen3` × SST-2 shards: `steps` steps, one evaluation at the end, a
+/// checkpoint every `checkpoint_every` steps.
+pub fn tiny_qwen3(seeds: Vec<u64>, steps: u32, checkpoint_every: u32) -> shared::spec::BenchmarkSpec {
+    shared::spec::SpecInput {
+        scale: Some("tiny".into()),
+        models: Some(vec!["qwen3".into()]),
+        tasks: Some(vec!["sst2".into()]),
+        seeds: Some(seeds),
+        set: vec![
+            format!("first_order.max_steps={steps}"),
+            format!("first_order.eval_every={steps}"),
+            format!("first_order.checkpoint_every={checkpoint_every}"),
+        ],
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap()
+}
+
 /// A binary of this workspace, built by `cargo build --workspace --bins` (the test
 /// command does that first).
 pub fn bin(name: &str) -> PathBuf {

@@ -93,6 +93,7 @@ fn beat(agent: &str) -> AgentHeartbeat {
         current: Some(("r".to_owned(), "s".to_owned())),
         step: Some(7),
         total_steps: Some(40),
+        progress_at: Some(1.5),
         started_at: 1.0,
         at: 2.0,
         shards_done: 3,

@@ -23,3 +23,6 @@ mod trace;
 
 // Hostile messages and service outages: nothing lost, nothing outside the roots touched.
 mod chaos;
+
+// The long chaos suite (ignored; ops/chaos.sh runs it).
+mod chaos_long;

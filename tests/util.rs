@@ -124,17 +124,37 @@ impl Drop for TestStore {
     }
 }
 
+/// Every file below `dir` (path relative to it) with its contents, to show that nothing
+/// there changed.
+pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// A free TCP port on loopback (bound and released; fine for a test that starts a server
 /// on it at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A `redis-server` of our own, without persistence, killed on drop.
+/// A `redis-server` of our own, killed on drop; without persistence unless started with
+/// [`PrivateRedis::start_with_aof`].
 pub struct PrivateRedis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    aof: bool,
 }
 
 impl PrivateRedis {
@@ -144,7 +164,15 @@ impl PrivateRedis {
 
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> Self {
-        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: false };
+        r.restart().await;
+        r
+    }
+
+    /// Starts a server that appends every write to its AOF (fsync always), as production
+    /// Redis is configured, so a kill loses nothing.
+    pub async fn start_with_aof() -> Self {
+        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: true };
         r.restart().await;
         r
     }
@@ -165,7 +193,12 @@ impl PrivateRedis {
     pub async fn restart(&mut self) {
         self.kill();
         let child = Command::new(Self::binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(if self.aof {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -193,5 +226,102 @@ impl Drop for PrivateRedis {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A RabbitMQ node of our own (`rabbitmq-server` on free loopback ports, its own data
+/// directory and Erlang cookie), for tests that stop and kill the broker. Killed on drop.
+pub struct PrivateRabbit {
+    pub port: u16,
+    dist_port: u16,
+    name: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRabbit {
+    fn binary() -> PathBuf {
+        std::env::var_os("QSCHED_RABBITMQ_SERVER")
+            .map_or_else(|| PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server"), PathBuf::from)
+    }
+
+    /// Starts a node and waits until it accepts AMQP connections.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+        let name = format!("qsched-test-{}-{port}@localhost", std::process::id());
+        let mut r = PrivateRabbit { port, dist_port: free_port(), name, dir, child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// SIGKILL of the node's process group: no shutdown, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // rabbitmq-server execs erl; its process group holds epmd-less beam and helpers.
+            let _ =
+                Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: the node shuts down cleanly (queues are closed, consumers cancelled).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ =
+                Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ =
+                Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the node with the same data directory and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        use std::os::unix::process::CommandExt;
+        let base = self.dir.path();
+        let child = Command::new(Self::binary())
+            .env("HOME", base)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", base.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} (set QSCHED_RABBITMQ_SERVER): {e}", Self::binary().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let config = AmqpConfig::new(self.url());
+            if AmqpBroker::connect(config).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private rabbitmq-server did not come up on port {}", self.port);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,7 +1,8 @@
 // C entry points into libtorch that tch 0.24 does not expose: CUDA caching-allocator
 // statistics (peak memory per shard) and cache release (between benchmark measurements), the CUDA autocast dtype (bf16 mixed precision),
-// and libtorch's fused multi-tensor AdamW and gradient-norm clipping (one pass over all
-// parameters instead of a dozen elementwise kernels per tensor).
+// libtorch's fused multi-tensor AdamW and gradient-norm clipping (one pass over all
+// parameters instead of a dozen elementwise kernels per tensor), releasing gradients
+// (set to none) between steps, and backpropagating a given output gradient.
 //
 // Only c10/ATen headers are used and only libc10 / libtorch_cpu symbols are referenced,
 // so the binary still runs on hosts without CUDA: the CUDA allocator is reached through
@@ -122,6 +123,34 @@ extern "C" int qsched_clip_grad_norm(void* const* grads, size_t n, double max_no
     if (max_norm > 0.0 && *total_norm > max_norm) {
       at::_foreach_mul_(g, max_norm / (*total_norm + 1e-6));
     }
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(e, err, err_len);
+    return 1;
+  }
+}
+
+// Sets the gradients of `params` to undefined (PyTorch's `zero_grad(set_to_none=True)`):
+// their memory goes back to the allocator between steps instead of staying allocated and
+// zeroed, so a step's peak is what the method needs. The next backward allocates fresh
+// gradients. tch binds no way to unset a gradient.
+extern "C" int qsched_release_grads(void* const* params, size_t n, char* err, size_t err_len) {
+  try {
+    for (size_t i = 0; i < n; ++i) static_cast<at::Tensor*>(params[i])->mutable_grad().reset();
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(e, err, err_len);
+    return 1;
+  }
+}
+
+// Backpropagates `grad` from `out` (a vector-Jacobian product into every leaf `out`
+// depends on): what the recomputing backwards (reversible, checkpointed) need per block.
+// tch 0.24 only backpropagates scalars, and a surrogate `(out * grad).sum()` would
+// allocate one more activation-sized tensor at the peak.
+extern "C" int qsched_backward_with_grad(void* out, void* grad, char* err, size_t err_len) {
+  try {
+    static_cast<at::Tensor*>(out)->backward(*static_cast<const at::Tensor*>(grad));
     return 0;
   } catch (const std::exception& e) {
     write_error(e, err, err_len);

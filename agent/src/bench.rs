@@ -11,18 +11,26 @@
 //! Protocol of one measurement:
 //! 1. Seed, build the model with random weights on the pinned device, create the method's
 //!    state (AdamW moments, DiZO anchors), draw random batches, audit placement.
-//! 2. `warmup` untimed steps (allocates gradients, cuBLAS workspaces, autotuning).
-//! 3. Synchronize; `static_memory_bytes` = bytes in use now (parameters, gradients — which
-//!    stay allocated, zeroed — optimizer state, batches, library workspaces); reset the
-//!    peak counter.
+//! 2. `warmup` untimed steps (cuBLAS workspaces, autotuning), then release the
+//!    gradients (AdamW's `zero_grad` sets them to none, as PyTorch's default does).
+//! 3. Synchronize; `static_memory_bytes` = bytes in use now (parameters, optimizer state,
+//!    batches, library workspaces; no gradients); reset the peak counter.
 //! 4. `steps` timed steps, each `synchronize → step → read the loss → synchronize`;
-//!    `step_seconds` is the median. `peak_memory_bytes` is the peak over the timed steps;
-//!    `activation_bytes = peak − static` is what the step itself adds (activations,
-//!    autograd buffers, logits, temporaries).
+//!    `step_seconds` is the median. `peak_memory_bytes` is the peak over the timed steps.
+//!    The peak is split three ways, all from the same allocator counters:
+//!    `static_memory_bytes`; `gradient_memory_bytes` = bytes in use after the last timed
+//!    step minus static (what a step leaves alive until the next `zero_grad`: the
+//!    gradients of a first-order method, ~0 for zeroth-order ones); and
+//!    `activation_bytes = peak − static − gradient` (what the step needs beyond weights,
+//!    optimizer state and gradients: activations, checkpoints, autograd buffers, logits,
+//!    temporaries). `grad_bytes` is the computed size of one gradient per parameter, a
+//!    cross-check of the measured figure.
 //!
 //! Memory is the CUDA caching allocator's allocated bytes on `cuda:N` and the process's
-//! resident set on `cpu` (`PinnedDevice::memory`); CPU numbers are only for testing the
-//! harness. Nothing falls back: `cuda:N` without CUDA is an error, and so is bf16 on CPU.
+//! resident set on `cpu` (`PinnedDevice::memory`). On CPU the split is only as good as
+//! RSS: freed memory may stay resident (the scripts set `MALLOC_MMAP_THRESHOLD_` so large
+//! blocks are returned), and other threads' allocations count, so CPU numbers are only
+//! for testing the harness (the records say `memory_kind`). Nothing falls back: `cuda:N` without CUDA is an error, and so is bf16 on CPU.
 //! A failed measurement (for example out of memory) becomes an `"record": "error"`
 //! line and the sweep continues; callers exit non-zero when any failed.
 
@@ -111,6 +119,10 @@ pub enum QwenModel {
     /// Standard Qwen3, autograd backprop.
     #[value(name = "qwen3")]
     Qwen3,
+    /// Standard Qwen3, per-layer activation checkpointing (the model's own
+    /// `backward_checkpointed`).
+    #[value(name = "qwen3-ckpt")]
+    Qwen3Ckpt,
     /// Reversible Qwen3, backprop by reconstruction.
     #[value(name = "rev-qwen3")]
     RevQwen3,
@@ -120,6 +132,7 @@ impl QwenModel {
     fn label(self) -> &'static str {
         match self {
             QwenModel::Qwen3 => "qwen3",
+            QwenModel::Qwen3Ckpt => "qwen3-ckpt",
             QwenModel::RevQwen3 => "rev-qwen3",
         }
     }
@@ -172,7 +185,8 @@ pub struct Qwen3DepthArgs {
     pub seq: i64,
     /// Timed steps.
     pub steps: usize,
-    /// Untimed steps before (at least 1, so gradients exist when the static memory is read).
+    /// Untimed steps before (at least 1: allocator pools, workspaces and autotuning are
+    /// settled before the static memory is read).
     pub warmup: usize,
     /// Head.
     pub head: Head,
@@ -206,7 +220,7 @@ impl Default for Qwen3DepthArgs {
             steps: 5,
             warmup: 2,
             head: Head::Cls,
-            models: vec![QwenModel::Qwen3, QwenModel::RevQwen3],
+            models: vec![QwenModel::Qwen3, QwenModel::Qwen3Ckpt, QwenModel::RevQwen3],
             precision: Precision::Fp32,
             lr: 1e-5,
             weight_decay: 0.01,
@@ -344,6 +358,8 @@ fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
 #[derive(Debug, Clone)]
 struct Window {
     static_bytes: u64,
+    /// Bytes in use right after the last timed step (its gradients still alive).
+    end_bytes: u64,
     seconds: Vec<f64>,
     losses: Vec<f64>,
     peak: u64,
@@ -376,8 +392,15 @@ fn timed(pinned: &PinnedDevice, steps: usize, step: &mut dyn FnMut(usize) -> Res
         }
         losses.push(loss);
     }
-    let peak = pinned.memory()?.peak;
-    Ok(Window { static_bytes, seconds, losses, peak, peak_reserved: peak_reserved(pinned)? })
+    let after = pinned.memory()?;
+    Ok(Window {
+        static_bytes,
+        end_bytes: after.current,
+        seconds,
+        losses,
+        peak: after.peak,
+        peak_reserved: peak_reserved(pinned)?,
+    })
 }
 
 fn device_fields(pinned: &PinnedDevice) -> Value {
@@ -399,10 +422,12 @@ fn merge(mut base: Value, extra: Value) -> Value {
 
 fn window_fields(w: &Window, tokens_per_step: i64) -> Value {
     let step = median(&w.seconds);
+    let gradient = w.end_bytes as i64 - w.static_bytes as i64;
     json!({
         "static_memory_bytes": w.static_bytes,
+        "gradient_memory_bytes": gradient,
         "peak_memory_bytes": w.peak,
-        "activation_bytes": w.peak as i64 - w.static_bytes as i64,
+        "activation_bytes": w.peak as i64 - w.static_bytes as i64 - gradient,
         "peak_reserved_bytes": w.peak_reserved,
         "step_seconds": step,
         "step_seconds_min": w.seconds.iter().copied().fold(f64::INFINITY, f64::min),
@@ -460,7 +485,7 @@ fn check_common(pinned: &PinnedDevice, precision: Precision, steps: usize, warmu
     }
     if warmup == 0 {
         return Err(Error::Unsupported(
-            "--warmup must be at least 1: the static memory is read after a warm-up step has allocated gradients"
+            "--warmup must be at least 1: the static memory is read after a warm-up step has settled the allocator"
                 .into(),
         ));
     }
@@ -503,13 +528,14 @@ fn linear_fit(x: &[f64], y: &[f64]) -> (f64, f64) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Figure 1: Qwen3 vs Reversible Qwen3 over depth.
+// Figure 1: Qwen3 vs checkpointed Qwen3 vs Reversible Qwen3 over depth.
 
 /// The network of one depth-sweep measurement.
 enum QwenNet {
-    /// Classification head: the trainer's own `Net` (Qwen3 or RevQwen3).
+    /// Classification head: the trainer's own `Net` (Qwen3, Qwen3Ckpt or RevQwen3).
     Cls(Net),
     Lm(qwen3::Qwen3ForCausalLM),
+    LmCkpt(qwen3::Qwen3ForCausalLM),
     RevLm(rev_qwen3::RevQwen3ForCausalLM),
 }
 
@@ -517,7 +543,7 @@ impl QwenNet {
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         match self {
             QwenNet::Cls(n) => n.named_parameters(),
-            QwenNet::Lm(m) => m.named_parameters(),
+            QwenNet::Lm(m) | QwenNet::LmCkpt(m) => m.named_parameters(),
             QwenNet::RevLm(m) => m.named_parameters(),
         }
     }
@@ -569,17 +595,26 @@ fn classifier_of(batch: &Batch) -> Result<&ClassifierBatch> {
     }
 }
 
-/// One training step as `train::first_order_step` does it (loss, backward — by
-/// reconstruction for the reversible model — clipping, fused AdamW); returns the loss.
+/// One training step as `train::first_order_step` does it (release gradients, loss,
+/// backward — the model's own checkpointed or reconstruction backward where the method
+/// has one — clipping, fused AdamW); returns the loss.
 fn qwen_step(net: &QwenNet, opt: &mut AdamW, b: &QwenBatch, a: &Qwen3DepthArgs) -> Result<f64> {
     let autocast = a.precision == Precision::Bf16;
-    opt.zero_grad();
+    opt.zero_grad()?;
     let targets = || b.lm_targets.as_ref().ok_or_else(|| Error::Unsupported("LM batch without targets".into()));
     let loss = match net {
         QwenNet::Cls(Net::RevQwen3(m)) => {
             let cb = classifier_of(&b.batch)?;
             tch::autocast(autocast, || {
                 m.backward_by_reconstruction(&cb.input_ids, &cb.attention_mask, &mut |logits| {
+                    task_model::classifier_loss(logits, cb)
+                })
+            })?
+        }
+        QwenNet::Cls(Net::Qwen3Ckpt(m)) => {
+            let cb = classifier_of(&b.batch)?;
+            tch::autocast(autocast, || {
+                m.backward_checkpointed(&cb.input_ids, &cb.attention_mask, &mut |logits| {
                     task_model::classifier_loss(logits, cb)
                 })
             })?
@@ -595,6 +630,13 @@ fn qwen_step(net: &QwenNet, opt: &mut AdamW, b: &QwenBatch, a: &Qwen3DepthArgs) 
             let loss = tch::autocast(autocast, || lm_loss(&m.forward(&cb.input_ids, &cb.attention_mask)?, t))?;
             loss.f_backward()?;
             loss
+        }
+        QwenNet::LmCkpt(m) => {
+            let cb = classifier_of(&b.batch)?;
+            let t = targets()?;
+            tch::autocast(autocast, || {
+                m.backward_checkpointed(&cb.input_ids, &cb.attention_mask, &mut |logits| lm_loss(logits, t))
+            })?
         }
         QwenNet::RevLm(m) => {
             let cb = classifier_of(&b.batch)?;
@@ -612,15 +654,51 @@ fn qwen_step(net: &QwenNet, opt: &mut AdamW, b: &QwenBatch, a: &Qwen3DepthArgs) 
 }
 
 fn qwen_config(a: &Qwen3DepthArgs, depth: i64) -> qwen3::Config {
-    qwen3::Config {
-        vocab_size: a.vocab,
-        hidden_size: a.hidden,
-        intermediate_size: a.intermediate,
-        num_hidden_layers: depth,
-        num_attention_heads: a.heads,
-        num_key_value_heads: a.kv_heads,
+    let shape = Qwen3Shape {
+        hidden: a.hidden,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
         head_dim: a.head_dim,
-        max_position_embeddings: a.seq.max(2048),
+        intermediate: a.intermediate,
+        vocab: a.vocab,
+    };
+    qwen3_shape_config(&shape, depth, a.seq)
+}
+
+/// The Qwen3 width of a sweep (depth varies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qwen3Shape {
+    /// Model width.
+    pub hidden: i64,
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads.
+    pub kv_heads: i64,
+    /// Per-head width.
+    pub head_dim: i64,
+    /// SwiGLU inner width.
+    pub intermediate: i64,
+    /// Vocabulary (embedding rows; tied LM head).
+    pub vocab: i64,
+}
+
+impl Default for Qwen3Shape {
+    /// Qwen3-0.6B's shape (the `large` preset) with the real Qwen vocabulary.
+    fn default() -> Self {
+        Qwen3Shape { hidden: 1024, heads: 16, kv_heads: 8, head_dim: 128, intermediate: 3072, vocab: 151_936 }
+    }
+}
+
+fn qwen3_shape_config(s: &Qwen3Shape, depth: i64, seq: i64) -> qwen3::Config {
+    qwen3::Config {
+        vocab_size: s.vocab,
+        hidden_size: s.hidden,
+        intermediate_size: s.intermediate,
+        num_hidden_layers: depth,
+        num_attention_heads: s.heads,
+        num_key_value_heads: s.kv_heads,
+        head_dim: s.head_dim,
+        max_position_embeddings: seq.max(2048),
         rope_theta: 1_000_000.0,
         rms_norm_eps: 1e-6,
         tie_word_embeddings: true,
@@ -643,10 +721,14 @@ fn qwen_measurement(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel,
         (Head::Cls, QwenModel::Qwen3) => {
             QwenNet::Cls(Net::Qwen3(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
         }
+        (Head::Cls, QwenModel::Qwen3Ckpt) => {
+            QwenNet::Cls(Net::Qwen3Ckpt(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
+        }
         (Head::Cls, QwenModel::RevQwen3) => {
             QwenNet::Cls(Net::RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
         }
         (Head::Lm, QwenModel::Qwen3) => QwenNet::Lm(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
+        (Head::Lm, QwenModel::Qwen3Ckpt) => QwenNet::LmCkpt(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
         (Head::Lm, QwenModel::RevQwen3) => QwenNet::RevLm(rev_qwen3::RevQwen3ForCausalLM::new(&root, &cfg)?),
     };
     let params = net.named_parameters();
@@ -662,7 +744,7 @@ fn qwen_measurement(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel,
     for b in &batches[..a.warmup] {
         qwen_step(&net, &mut opt, b, a)?;
     }
-    opt.zero_grad();
+    opt.zero_grad()?;
     let setup_seconds = t_setup.elapsed().as_secs_f64();
     // 3–4. Timed window.
     let w = timed(pinned, a.steps, &mut |i| qwen_step(&net, &mut opt, &batches[a.warmup + i], a))?;
@@ -686,7 +768,12 @@ fn qwen_measurement(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel,
         "grad_bytes": param_bytes,
         // exp_avg + exp_avg_sq (fp32 like the parameters) + a 4-byte step per tensor.
         "optimizer_state_bytes": 2 * param_bytes + 4 * params.len() as u64,
-        "backward": match model { QwenModel::Qwen3 => "autograd", QwenModel::RevQwen3 => "reconstruction" },
+        "backward": match model {
+            QwenModel::Qwen3 => "autograd",
+            QwenModel::Qwen3Ckpt => "checkpointed (per-layer recompute)",
+            QwenModel::RevQwen3 => "reconstruction",
+        },
+        "zero_grad": "set_to_none",
         "setup_seconds": setup_seconds,
     });
     Ok(merge(merge(record, window_fields(&w, a.batch * a.seq)), device_fields(pinned)))
@@ -730,6 +817,8 @@ fn depth_summary(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel, ro
     let act = col("activation_bytes");
     let (slope, intercept) = linear_fit(&depths, &act);
     let (static_slope, _) = linear_fit(&depths, &col("static_memory_bytes"));
+    let (gradient_slope, _) = linear_fit(&depths, &col("gradient_memory_bytes"));
+    let (peak_slope, _) = linear_fit(&depths, &col("peak_memory_bytes"));
     json!({
         "record": "summary",
         "figure": "qwen3-depth",
@@ -742,14 +831,293 @@ fn depth_summary(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel, ro
         "activation_bytes": act,
         "peak_memory_bytes": col("peak_memory_bytes"),
         "static_memory_bytes": col("static_memory_bytes"),
+        "gradient_memory_bytes": col("gradient_memory_bytes"),
         "step_seconds": col("step_seconds"),
         "tokens_per_second": col("tokens_per_second"),
         "activation_slope_bytes_per_layer": slope,
         "activation_intercept_bytes": intercept,
         "static_slope_bytes_per_layer": static_slope,
+        "gradient_slope_bytes_per_layer": gradient_slope,
+        "peak_slope_bytes_per_layer": peak_slope,
+        "memory_kind": pinned.memory_kind(),
         "device": pinned.spec.to_string(),
         "gpu_name": pinned.gpu_name,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Reversible Qwen3: gradient error of the reconstruction backward.
+
+/// Settings of `qbench rev-grad-error`.
+#[derive(Debug, Clone)]
+pub struct RevGradErrorArgs {
+    /// Layer counts to measure.
+    pub depths: Vec<i64>,
+    /// Width.
+    pub shape: Qwen3Shape,
+    /// Sequences per batch.
+    pub batch: i64,
+    /// Tokens per sequence (packed text, no padding).
+    pub seq: i64,
+    /// Precisions of the measured backwards (the reference is always fp64).
+    pub precisions: Vec<Precision>,
+    /// Data directory: `glue/SST-2/train.tsv` and `tokenizers/qwen`.
+    pub data_dir: std::path::PathBuf,
+    /// AdamW steps (fp32, reconstruction backward, on batches before the measured one)
+    /// taken before measuring, so the weights are trained and not only at init.
+    pub train_steps: usize,
+    /// AdamW learning rate of those steps.
+    pub lr: f64,
+    /// AdamW weight decay of those steps.
+    pub weight_decay: f64,
+    /// Gradient-norm clip of those steps (0 = off).
+    pub grad_clip: f64,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl Default for RevGradErrorArgs {
+    /// Qwen3-0.6B's shape, depths 2..28, 4 × 512 tokens of SST-2 text, fp32 and bf16.
+    fn default() -> Self {
+        RevGradErrorArgs {
+            depths: vec![2, 4, 8, 12, 28],
+            shape: Qwen3Shape::default(),
+            batch: 4,
+            seq: 512,
+            precisions: vec![Precision::Fp32, Precision::Bf16],
+            data_dir: std::path::PathBuf::from("data"),
+            train_steps: 0,
+            lr: 1e-4,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// `count` next-token batches `[batch, seq]` of real text: SST-2 train sentences in file
+/// order, each tokenised with the Qwen tokenizer (the trainer's loaders, unchanged) and
+/// followed by `<|endoftext|>`, concatenated and cut into rows. Returns (ids, targets
+/// `[B·T]` with −100 at each row's last position).
+fn text_batches(a: &RevGradErrorArgs, count: usize, device: tch::Device) -> Result<Vec<(Tensor, Tensor)>> {
+    use crate::data::tokenize::{QWEN_ENDOFTEXT, TextTokenizer, TokenizerKind};
+    use crate::data::{Input, tasks};
+    let tokenizer = TextTokenizer::from_data_dir(TokenizerKind::Qwen, &a.data_dir)?;
+    tokenizer.check_model_vocab(a.shape.vocab as usize)?;
+    let train = tasks::load_train(shared::TaskId::Sst2, &a.data_dir)?;
+    let per_batch = (a.batch * a.seq) as usize;
+    let needed = per_batch * count;
+    let mut stream: Vec<i64> = Vec::with_capacity(needed + 64);
+    for example in &train.examples {
+        if stream.len() >= needed {
+            break;
+        }
+        if let Input::Sentence { sentence } = &example.input {
+            stream.extend(tokenizer.encode(sentence)?.into_iter().map(i64::from));
+            stream.push(i64::from(QWEN_ENDOFTEXT));
+        }
+    }
+    if stream.len() < needed {
+        return Err(Error::data(
+            &train.path,
+            format!("{} tokens of text, {needed} needed for {count} batches of {} × {}", stream.len(), a.batch, a.seq),
+        ));
+    }
+    stream
+        .chunks_exact(per_batch)
+        .take(count)
+        .map(|chunk| {
+            let ids = Tensor::f_from_slice(chunk)?.f_view([a.batch, a.seq])?.f_to_device(device)?;
+            let ignore = Tensor::f_full([a.batch, 1], -100, (Kind::Int64, device))?;
+            let targets = Tensor::f_cat(&[&ids.f_narrow(1, 1, a.seq - 1)?, &ignore], 1)?.f_view([-1])?;
+            Ok((ids, targets))
+        })
+        .collect()
+}
+
+/// Detached copies of every parameter's gradient (zeros where none arrived).
+fn grad_copies(params: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    params
+        .iter()
+        .map(|(n, t)| {
+            let g = t.f_grad()?;
+            let g = if g.defined() { g.f_detach_copy()? } else { t.f_zeros_like()? };
+            Ok((n.clone(), g))
+        })
+        .collect()
+}
+
+fn clear_grads(params: &[(String, Tensor)]) -> Result<()> {
+    for (_, t) in params {
+        let mut g = t.f_grad()?;
+        if g.defined() {
+            let _ = g.f_zero_()?;
+        }
+    }
+    Ok(())
+}
+
+/// One depth: optional training, the fp64 reference, then per precision plain autograd
+/// and the reconstruction backward (the model's own `backward_by_reconstruction_checked`).
+fn rev_grad_error_depth(pinned: &PinnedDevice, a: &RevGradErrorArgs, depth: i64) -> Result<Vec<Value>> {
+    let device = pinned.device;
+    let t0 = Instant::now();
+    tch::manual_seed(torch_seed(a.seed));
+    let cfg = qwen3_shape_config(&a.shape, depth, a.seq);
+    let vs = nn::VarStore::new(device);
+    let model = rev_qwen3::RevQwen3ForCausalLM::new(&vs.root(), &cfg)?;
+    let params = model.named_parameters();
+    let batches = text_batches(a, a.train_steps + 1, device)?;
+    let (ids, targets) = &batches[a.train_steps];
+    let mask = Tensor::f_ones([a.batch, a.seq], (Kind::Int64, device))?;
+
+    // 1. Optional training in fp32 with the reconstruction backward (as the trainer).
+    let mut train_losses = Vec::new();
+    if a.train_steps > 0 {
+        let mut opt = AdamW::new(shallow(&params), &train_settings(a.lr, a.weight_decay, a.grad_clip));
+        for (ids, t) in &batches[..a.train_steps] {
+            opt.zero_grad()?;
+            let loss = model.backward_by_reconstruction(ids, &mask, &mut |logits| lm_loss(logits, t))?;
+            let value = scalar(&loss)?;
+            if !value.is_finite() {
+                return Err(Error::Diverged(format!("non-finite loss {value} while training")));
+            }
+            if a.grad_clip > 0.0 {
+                opt.clip_grad_norm(a.grad_clip)?;
+            }
+            opt.step(a.lr)?;
+            train_losses.push(value);
+        }
+    }
+    clear_grads(&params)?;
+
+    // 2. Reference: autograd through the same quantised network in fp64 (a copy of the
+    //    weights; its gradients are kept, the copy is dropped).
+    let (reference, loss_ref) = {
+        let mut vs64 = nn::VarStore::new(device);
+        let m64 = rev_qwen3::RevQwen3ForCausalLM::new(&vs64.root(), &cfg)?;
+        vs64.copy(&vs)?;
+        vs64.double();
+        let loss = lm_loss(&m64.forward(ids, &mask)?, targets)?;
+        loss.f_backward()?;
+        (grad_copies(&m64.named_parameters())?, scalar(&loss)?)
+    };
+
+    // 3. Per precision: plain autograd and the reconstruction backward, same weights.
+    let mut records = Vec::new();
+    for &precision in &a.precisions {
+        let autocast = precision == Precision::Bf16;
+        clear_grads(&params)?;
+        let loss_plain = tch::autocast(autocast, || -> Result<Tensor> {
+            let loss = lm_loss(&model.forward(ids, &mask)?, targets)?;
+            loss.f_backward()?;
+            Ok(loss)
+        })?;
+        let plain = grad_copies(&params)?;
+        clear_grads(&params)?;
+        let (loss_rev, layers) = tch::autocast(autocast, || {
+            model.backward_by_reconstruction_checked(ids, &mask, &mut |logits| lm_loss(logits, targets))
+        })?;
+        let rev = grad_copies(&params)?;
+        clear_grads(&params)?;
+
+        let plain_err = rev_qwen3::group_relative_errors(&plain, &reference)?;
+        let rev_err = rev_qwen3::group_relative_errors(&rev, &reference)?;
+        drop((plain, rev));
+        let mut groups = Vec::with_capacity(rev_err.len());
+        let mut worst_ratio: (f64, String) = (f64::NEG_INFINITY, String::new());
+        for ((group, p), (_, r)) in plain_err.iter().zip(&rev_err) {
+            let ratio = r / p.max(rev_qwen3::GROUP_NORM_FLOOR);
+            if ratio > worst_ratio.0 {
+                worst_ratio = (ratio, group.clone());
+            }
+            groups.push(json!({ "group": group, "reconstruction": r, "autograd": p, "ratio": ratio }));
+        }
+        let bit_identical = layers.iter().all(|l| l.bit_identical);
+        let max_input_error = layers.iter().map(|l| l.x1_max_abs_error.max(l.x2_max_abs_error)).fold(0.0, f64::max);
+        let record = json!({
+            "record": "measurement",
+            "figure": "rev-grad-error",
+            "impl": IMPL_NAME,
+            "model": "rev-qwen3",
+            "head": "lm",
+            "depth": depth,
+            "hidden": a.shape.hidden, "heads": a.shape.heads, "kv_heads": a.shape.kv_heads,
+            "head_dim": a.shape.head_dim, "intermediate": a.shape.intermediate, "vocab": a.shape.vocab,
+            "batch": a.batch, "seq": a.seq,
+            "precision": precision.label(),
+            "reference": "fp64 autograd, same quantised network",
+            "data": "SST-2 train sentences, qwen tokenizer, packed",
+            "train_steps": a.train_steps,
+            "train_losses": train_losses,
+            "seed": a.seed,
+            "loss_reference": loss_ref,
+            "loss_autograd": scalar(&loss_plain)?,
+            "loss_reconstruction": scalar(&loss_rev)?,
+            "reconstruction_bit_identical": bit_identical,
+            "reconstruction_max_input_error": max_input_error,
+            "reconstruction_layers": layers.iter().map(|l| json!({
+                "layer": l.layer, "bit_identical": l.bit_identical,
+                "x1_max_abs_error": l.x1_max_abs_error, "x2_max_abs_error": l.x2_max_abs_error,
+            })).collect::<Vec<_>>(),
+            "worst_ratio": worst_ratio.0,
+            "worst_ratio_group": worst_ratio.1,
+            "group_norm_floor": rev_qwen3::GROUP_NORM_FLOOR,
+            "groups": groups,
+            "seconds": t0.elapsed().as_secs_f64(),
+        });
+        records.push(merge(record, device_fields(pinned)));
+    }
+    Ok(records)
+}
+
+/// `qbench rev-grad-error`: per depth and precision, the relative gradient error of the
+/// reversible backward and of plain autograd, per parameter group, both against fp64
+/// autograd through the same network; plus whether the reconstructed block inputs were
+/// bit-identical. One record per (depth, precision); a failed depth is an error record.
+pub fn run_rev_grad_error(pinned: &PinnedDevice, a: &RevGradErrorArgs, emit: &mut Emit<'_>) -> Result<Outcome> {
+    if a.depths.is_empty() || a.depths.iter().any(|&d| d < 1) {
+        return Err(Error::Unsupported(format!("--depths must be positive layer counts, got {:?}", a.depths)));
+    }
+    if a.precisions.is_empty() {
+        return Err(Error::Unsupported("--precisions is empty".into()));
+    }
+    if a.seq < 2 || a.batch < 1 {
+        return Err(Error::Unsupported(format!("--batch {} --seq {}: need batch ≥ 1, seq ≥ 2", a.batch, a.seq)));
+    }
+    if a.precisions.contains(&Precision::Bf16) {
+        // Errors on CPU (tch's autocast would silently do nothing there).
+        pinned.set_autocast_bf16()?;
+    }
+    let mut outcome = Outcome::default();
+    for &depth in &a.depths {
+        tracing::info!(depth, "rev-grad-error measurement");
+        let context = json!({
+            "figure": "rev-grad-error", "impl": IMPL_NAME, "model": "rev-qwen3", "depth": depth,
+            "batch": a.batch, "seq": a.seq, "device": pinned.spec.to_string(),
+        });
+        // `guarded` turns an error or panic into an error record; it reports through a
+        // local sink because one depth yields one record per precision.
+        let mut records = Vec::new();
+        let mut reported = Vec::new();
+        let mut sink = |v: &Value| -> Result<()> {
+            reported.push(v.clone());
+            Ok(())
+        };
+        let ok = guarded(pinned, context, &mut sink, &mut outcome, || {
+            records = rev_grad_error_depth(pinned, a, depth)?;
+            Ok(json!({}))
+        })?;
+        if ok.is_some() {
+            outcome.measured += records.len().saturating_sub(1);
+        } else {
+            records = reported;
+        }
+        for r in &records {
+            emit(r)?;
+        }
+    }
+    Ok(outcome)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -838,7 +1206,7 @@ fn dizo_round(dizo: &zo::Dizo, net: &Net, batches: &[Batch], a: &ZoOptArgs, roun
 fn ft_step(net: &Net, opt: &mut AdamW, batch: &Batch, a: &ZoOptArgs, step: u64) -> Result<f64> {
     let autocast = a.precision == Precision::Bf16;
     tch::manual_seed(torch_seed(step_seed(a.seed, DROPOUT, step)));
-    opt.zero_grad();
+    opt.zero_grad()?;
     let loss = tch::autocast(autocast, || task_model::batch_loss(net, batch, true))?;
     loss.f_backward()?;
     if a.grad_clip > 0.0 {
@@ -902,7 +1270,9 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
     for i in 0..a.warmup {
         step_fn(i)?;
     }
-    // (ft: gradients stay allocated after warm-up, zeroed at the start of each step.)
+    // ft: release the warm-up's gradients so the static memory holds none (each step
+    // releases them first thing, as the trainer's AdamW does).
+    crate::ffi::release_grads(&params.iter().map(|(_, t)| t).collect::<Vec<_>>())?;
     let setup_seconds = t_setup.elapsed().as_secs_f64();
     // 3–4. Timed window (steps warmup..warmup+steps use their own batches).
     let w = timed(pinned, a.steps, &mut |i| step_fn(a.warmup + i))?;
@@ -1083,14 +1453,20 @@ mod tests {
     }
 
     #[test]
-    fn qwen3_depth_reports_memory_and_time_for_both_models_and_heads() {
+    fn qwen3_depth_reports_memory_and_time_for_every_model_and_head() {
+        // Weights and batches come from libtorch's global generator: hold the guard so
+        // tests running in parallel cannot reseed it between the models compared below.
+        let _rng = crate::models::test_util::rng_guard();
         let pinned = cpu();
         for head in [Head::Cls, Head::Lm] {
-            let a = tiny_qwen(head);
+            let a = Qwen3DepthArgs {
+                models: vec![QwenModel::Qwen3, QwenModel::Qwen3Ckpt, QwenModel::RevQwen3],
+                ..tiny_qwen(head)
+            };
             let (outcome, records) = collect(|emit| run_qwen3_depth(&pinned, &a, emit));
-            assert_eq!(outcome, Outcome { measured: 4, failed: 0 });
+            assert_eq!(outcome, Outcome { measured: 6, failed: 0 });
             let measurements: Vec<&Value> = records.iter().filter(|r| r["record"] == "measurement").collect();
-            assert_eq!(measurements.len(), 4);
+            assert_eq!(measurements.len(), 6);
             for r in &measurements {
                 for k in [
                     "step_seconds",
@@ -1110,13 +1486,30 @@ mod tests {
                 if r["memory_kind"] == "cuda_allocated_peak" {
                     assert!(peak >= stat, "{r}");
                 }
-                assert_eq!(r["activation_bytes"].as_i64().unwrap(), peak as i64 - stat as i64);
+                let gradient = r["gradient_memory_bytes"].as_i64().unwrap();
+                assert_eq!(r["activation_bytes"].as_i64().unwrap(), peak as i64 - stat as i64 - gradient);
+                assert_eq!(r["zero_grad"], "set_to_none");
                 assert_eq!(r["step_seconds_all"].as_array().unwrap().len(), 2);
                 assert_eq!(r["head"], head.label());
             }
             let rev: Vec<&&Value> = measurements.iter().filter(|r| r["model"] == "rev-qwen3").collect();
             assert_eq!(rev.len(), 2);
             assert!(rev.iter().all(|r| r["backward"] == "reconstruction"));
+            let ckpt: Vec<&&Value> = measurements.iter().filter(|r| r["model"] == "qwen3-ckpt").collect();
+            assert_eq!(ckpt.len(), 2);
+            assert!(ckpt.iter().all(|r| r["backward"].as_str().unwrap().starts_with("checkpointed")));
+            // Same weights, same batches, same network: the checkpointed step's losses are
+            // plain Qwen3's (the first timed loss comes before any update could differ by
+            // more than rounding).
+            for d in [1, 2] {
+                let loss = |m: &str| {
+                    measurements.iter().find(|r| r["model"] == m && r["depth"] == d).unwrap()["loss_first"]
+                        .as_f64()
+                        .unwrap()
+                };
+                let (p, c) = (loss("qwen3"), loss("qwen3-ckpt"));
+                assert!((p - c).abs() <= 1e-5 * p.abs(), "depth {d}: qwen3 {p} vs qwen3-ckpt {c}");
+            }
             // Same weights shape: both models have the same parameter count at a depth.
             let count = |m: &str, d: i64| {
                 measurements.iter().find(|r| r["model"] == m && r["depth"] == d).unwrap()["parameters"]
@@ -1124,11 +1517,13 @@ mod tests {
                     .unwrap()
             };
             assert_eq!(count("qwen3", 2), count("rev-qwen3", 2));
+            assert_eq!(count("qwen3", 2), count("qwen3-ckpt", 2));
             assert!(count("qwen3", 2) > count("qwen3", 1));
             let summaries: Vec<&Value> = records.iter().filter(|r| r["record"] == "summary").collect();
-            assert_eq!(summaries.len(), 2);
+            assert_eq!(summaries.len(), 3);
             for s in summaries {
                 assert!(s["activation_slope_bytes_per_layer"].as_f64().unwrap().is_finite());
+                assert_eq!(s["gradient_memory_bytes"].as_array().unwrap().len(), 2);
                 assert_eq!(s["depths"], json!([1, 2]));
             }
         }
@@ -1172,6 +1567,42 @@ mod tests {
         positive(dizo, "anchor_bytes");
         let expected = positive(dizo, "mezo_step_seconds") + positive(dizo, "projection_round_seconds") / 5.0;
         assert!((positive(dizo, "step_seconds") - expected).abs() < 1e-12);
+    }
+
+    /// Tiny width at the real vocabulary (the Qwen tokenizer's ids need it), on the
+    /// shared SST-2 data: one record per (depth, precision), every group reported, the
+    /// reconstruction bit-identical, the reversible error at autograd's level.
+    #[test]
+    fn rev_grad_error_reports_every_group_against_fp64() {
+        let _rng = crate::models::test_util::rng_guard();
+        let pinned = cpu();
+        let a = RevGradErrorArgs {
+            depths: vec![1, 3],
+            shape: Qwen3Shape { hidden: 16, heads: 2, kv_heads: 1, head_dim: 8, intermediate: 32, vocab: 151_936 },
+            batch: 2,
+            seq: 12,
+            precisions: vec![Precision::Fp32],
+            data_dir: crate::data::test_data_dir(),
+            train_steps: 1,
+            ..RevGradErrorArgs::default()
+        };
+        let (outcome, records) = collect(|emit| run_rev_grad_error(&pinned, &a, emit));
+        assert_eq!(outcome, Outcome { measured: 2, failed: 0 }, "{records:?}");
+        for (r, depth) in records.iter().zip([1, 3]) {
+            assert_eq!(r["depth"], depth);
+            assert_eq!(r["reconstruction_bit_identical"], true, "{r}");
+            assert_eq!(r["train_losses"].as_array().unwrap().len(), 1);
+            let groups = r["groups"].as_array().unwrap();
+            assert_eq!(groups.len(), 2 + 3 * depth as usize, "{r}");
+            assert_eq!(groups[0]["group"], "embedding");
+            assert_eq!(groups[groups.len() - 1]["group"], "head");
+            for g in groups {
+                let (rev, plain) = (g["reconstruction"].as_f64().unwrap(), g["autograd"].as_f64().unwrap());
+                assert!(plain > 0.0 && plain < 1e-4 && rev < 1e-4, "{g}");
+            }
+        }
+        let a = RevGradErrorArgs { precisions: vec![Precision::Bf16], ..a };
+        assert!(run_rev_grad_error(&pinned, &a, &mut |_| Ok(())).is_err(), "bf16 on CPU");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Safe wrappers over the C++ shim in `csrc/qsched_shim.cpp` (libtorch functions tch
-//! 0.24 does not bind).
+//! 0.24 does not bind), and over `_exit`.
 // Calling into C++ needs `unsafe`; every call passes pointers that live for its duration
 // (tensor handles borrowed from live `tch::Tensor`s, locals for out-parameters).
 #![allow(unsafe_code)]
@@ -23,6 +23,8 @@ unsafe extern "C" {
     fn qsched_cuda_empty_cache(err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_set_cuda_autocast_bf16(err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_autocast_clear_cache();
+    fn qsched_backward_with_grad(out: *mut c_void, grad: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn qsched_release_grads(params: *const *mut c_void, n: usize, err: *mut c_char, err_len: usize) -> c_int;
     fn qsched_fused_adamw(
         params: *const *mut c_void,
         grads: *const *mut c_void,
@@ -63,6 +65,16 @@ fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
     ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
 
+/// Ends the process at once with `code`, without running exit handlers or C++ static
+/// destructors. A worker whose supervisor died exits this way from its stdin watcher
+/// thread: `std::process::exit` would destroy libtorch's globals under the training
+/// thread still inside an op (seen as "Invalid (backend, op) pair" errors from
+/// `Context::float32Precision` in orphaned workers).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
 /// CUDA caching allocator: (peak allocated, currently allocated, peak reserved) bytes.
 pub fn cuda_memory_stats(device: usize) -> Result<(i64, i64, i64)> {
     let (mut peak, mut current, mut reserved) = (0i64, 0i64, 0i64);
@@ -98,6 +110,23 @@ pub fn set_cuda_autocast_bf16() -> Result<()> {
 pub fn autocast_clear_cache() {
     // SAFETY: no arguments; at::autocast::clear_cache does not throw.
     unsafe { qsched_autocast_clear_cache() }
+}
+
+/// Backpropagates `grad` (same shape and kind as `out`) from `out`: accumulates `Jᵀ·grad`
+/// into every leaf `out` depends on, and frees the graph.
+pub fn backward_with_grad(out: &Tensor, grad: &Tensor) -> Result<()> {
+    // SAFETY: both handles are live tensors for the duration of the call.
+    call(|err, len| unsafe {
+        qsched_backward_with_grad(out.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, err, len)
+    })
+}
+
+/// Sets each tensor's gradient to undefined (`zero_grad(set_to_none=True)`), so its
+/// memory is freed between steps.
+pub fn release_grads(params: &[&Tensor]) -> Result<()> {
+    let h = handles(params);
+    // SAFETY: `h` holds live tensor handles for the duration of the call.
+    call(|err, len| unsafe { qsched_release_grads(h.as_ptr(), h.len(), err, len) })
 }
 
 /// Tensors of one fused AdamW call.

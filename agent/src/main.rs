@@ -73,6 +73,10 @@ struct RunArgs {
     /// Per-consumer ack timeout (RabbitMQ ≥ 3.12), e.g. the longest shard plus a margin.
     #[arg(long, value_parser = parse_hours, default_value = "24")]
     consumer_timeout_hours: Duration,
+    /// Seconds without progress (no training step or evaluation batch) after which a
+    /// worker is taken as hung, killed, and its shard requeued.
+    #[arg(long, default_value_t = agent::supervisor::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    stall_timeout_secs: u64,
     /// Exit after this many shards.
     #[arg(long)]
     max_shards: Option<u64>,
@@ -182,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.threads = args.threads;
     cfg.delivery_limit = args.delivery_limit;
     cfg.max_shards = args.max_shards;
+    cfg.stall_timeout = Duration::from_secs(args.stall_timeout_secs);
     tracing::info!(device = %pinned.describe(), agent = %cfg.agent_id, "qagent starting");
     let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shutdown_signal()).await?;
     tracing::info!(?stats, "qagent stopped");

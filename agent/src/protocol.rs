@@ -68,6 +68,13 @@ pub enum WorkerEvent {
         /// Values.
         values: BTreeMap<String, f64>,
     },
+    /// The training or evaluation loop made progress (a step, an evaluation batch, a
+    /// loading phase). Sent at most about once a second; the supervisor's watchdog
+    /// takes a worker that sends nothing for its stall timeout as hung.
+    Alive {
+        /// Training step reached.
+        step: u64,
+    },
     /// The shard finished.
     Finished(Box<ShardOutcome>),
     /// The shard failed.

@@ -42,6 +42,9 @@ use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEve
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts (the agent keeps trying until shutdown).
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Default of [`AgentConfig::stall_timeout`]: long enough for loading a large checkpoint
+/// or one DiZO projection round, short against a shard's hours.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(900);
 /// First wait before retrying a store call that failed transiently.
 const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between store retries during an outage.
@@ -74,6 +77,9 @@ pub struct AgentConfig {
     pub heartbeat_ttl: Duration,
     /// How often a running shard checks its run's cancel flag.
     pub cancel_poll: Duration,
+    /// A worker that reports no progress (no step, evaluation batch or other event) for
+    /// this long is taken as hung: it is killed and its shard requeued.
+    pub stall_timeout: Duration,
     /// Deliveries before a failing shard is given up (matches the queue's limit).
     pub delivery_limit: u32,
     /// Largest message decoded.
@@ -103,6 +109,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_ttl: Duration::from_secs(30),
             cancel_poll: Duration::from_secs(2),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             delivery_limit: shared::broker::DEFAULT_DELIVERY_LIMIT,
             max_message_bytes: wire::DEFAULT_MAX_MESSAGE_BYTES,
             agent_id: format!("{host}:{device}:{}", std::process::id()),
@@ -152,6 +159,8 @@ struct LiveState {
     current: Option<(String, String)>,
     step: Option<u64>,
     total_steps: Option<u64>,
+    /// Unix seconds of the running worker's last event (its progress).
+    progress_at: Option<f64>,
     done: u64,
 }
 
@@ -251,6 +260,7 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
                 current: l.current.clone(),
                 step: l.step,
                 total_steps: l.total_steps,
+                progress_at: l.progress_at,
                 started_at,
                 at: unix_now(),
                 shards_done: l.done,
@@ -382,6 +392,29 @@ async fn handle_delivery(
             return Ok(flow);
         }
     };
+    // The message id is set by the publisher apart from the body: a body changed in
+    // transit (another run id, say, which the content hash does not cover) no longer
+    // matches it.
+    let named = format!("{}:{}", shard.run_id, shard.shard_id);
+    if delivery.message_id.as_deref() != Some(named.as_str()) {
+        let reason = format!(
+            "corrupt shard: the message id {:?} does not name the shard it carries ({named})",
+            delivery.message_id.as_deref().unwrap_or("(none)")
+        );
+        let flow = dead_letter(cfg, broker, store, delivery, reason, shutdown).await?;
+        stats.dead_lettered += 1;
+        return Ok(flow);
+    }
+    let expected = shard.content_id();
+    if shard.shard_id != expected {
+        let reason = format!(
+            "corrupt shard: its content hashes to {expected}, not to its id {} (changed in transit or by hand)",
+            shard.shard_id
+        );
+        let flow = dead_letter(cfg, broker, store, delivery, reason, shutdown).await?;
+        stats.dead_lettered += 1;
+        return Ok(flow);
+    }
     if shard.device_class != cfg.device.class() {
         let reason = format!("shard for {} devices arrived on a {} agent", shard.device_class, cfg.device.class());
         let flow = dead_letter(cfg, broker, store, delivery, reason, shutdown).await?;
@@ -459,6 +492,7 @@ async fn process_shard(
         l.current = Some((run.to_string(), id.to_string()));
         l.step = Some(0);
         l.total_steps = Some(u64::from(shard.train.max_steps));
+        l.progress_at = Some(unix_now());
     }
     let last_attempt = delivery.delivery_count + 1 >= cfg.delivery_limit;
     let request = WorkerRequest {
@@ -478,6 +512,7 @@ async fn process_shard(
         l.current = None;
         l.step = None;
         l.total_steps = None;
+        l.progress_at = None;
     }
     let flow = match ended {
         WorkerEnd::Finished(outcome) => {
@@ -627,6 +662,9 @@ async fn run_worker(
         return WorkerEnd::Failed { message: "worker has no stdout".into(), retryable: true };
     };
     let mut cancel_tick = tokio::time::interval(cfg.cancel_poll);
+    let mut watchdog =
+        tokio::time::interval((cfg.stall_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let mut last_progress = tokio::time::Instant::now();
     let mut reported: Option<WorkerEnd> = None;
     loop {
         tokio::select! {
@@ -647,7 +685,28 @@ async fn run_worker(
                     Err(e) => warn!(error = %e, "cancel flag not readable"),
                 }
             }
-            event = read_event(&mut stdout) => match event {
+            _ = watchdog.tick() => {
+                let silent = last_progress.elapsed();
+                if silent >= cfg.stall_timeout {
+                    let message = format!(
+                        "worker made no progress for {} s (stopped, deadlocked or hung in a kernel); killed it",
+                        silent.as_secs()
+                    );
+                    error!(pid = ?child.id(), "{message}");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return WorkerEnd::Failed { message, retryable: true };
+                }
+            }
+            event = read_event(&mut stdout) => {
+                if matches!(event, Ok(Some(_))) {
+                    last_progress = tokio::time::Instant::now();
+                    live.lock().unwrap_or_else(|p| p.into_inner()).progress_at = Some(unix_now());
+                }
+                match event {
+                Ok(Some(WorkerEvent::Alive { step })) => {
+                    live.lock().unwrap_or_else(|p| p.into_inner()).step = Some(step);
+                }
                 Ok(Some(WorkerEvent::Metrics { step, total_steps, kind, values })) => {
                     relay_metrics(cfg, store, live, shard, step, total_steps, kind, values).await;
                 }
@@ -661,6 +720,7 @@ async fn run_worker(
                     let _ = child.start_kill();
                     reported.get_or_insert(WorkerEnd::Failed { message: format!("worker protocol error: {e}"), retryable: true });
                     break;
+                }
                 }
             }
         }
@@ -866,13 +926,17 @@ mod tests {
         async fn queue_depth(&self, class: DeviceClass) -> SharedResult<u64> {
             self.inner.queue_depth(class).await
         }
+        async fn dead_letter_count(&self) -> SharedResult<u64> {
+            self.inner.dead_letter_count().await
+        }
     }
 
     #[tokio::test]
     async fn reconnects_after_losing_the_consumer_and_acks_finished_redeliveries() {
         let inner = MemoryBroker::default();
         let store = Arc::new(MemoryStore::new());
-        let shard = shared::wire::sample_shard();
+        let mut shard = shared::wire::sample_shard();
+        shard.shard_id = shard.content_id();
         let mut cfg = AgentConfig::new(DeviceSpec::Cpu, PathBuf::from("/nonexistent")).unwrap();
         cfg.max_shards = Some(1);
         // The shard already finished (its agent died between storing and acking).

@@ -8,7 +8,7 @@
 //! supervisor died), so an orphaned worker never keeps a GPU busy.
 
 use std::io::Read;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, info_span};
 
@@ -20,15 +20,42 @@ use crate::protocol::{PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame, 
 pub trait EventSink {
     /// Reports one event; an error means the supervisor is gone.
     fn emit(&mut self, event: WorkerEvent) -> Result<()>;
+
+    /// Notes that the training or evaluation loop is making progress. Called often (every
+    /// step and evaluation batch); a sink that reports to a watchdog rate-limits it.
+    fn alive(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
 }
+
+/// How often a [`FrameSink`] forwards [`EventSink::alive`] as a [`WorkerEvent::Alive`].
+pub const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes events as frames to a writer (the worker's stdout).
 #[derive(Debug)]
-pub struct FrameSink<W: std::io::Write>(pub W);
+pub struct FrameSink<W: std::io::Write> {
+    out: W,
+    last_alive: Option<Instant>,
+}
+
+impl<W: std::io::Write> FrameSink<W> {
+    /// A sink writing frames to `out`.
+    pub fn new(out: W) -> Self {
+        FrameSink { out, last_alive: None }
+    }
+}
 
 impl<W: std::io::Write> EventSink for FrameSink<W> {
     fn emit(&mut self, event: WorkerEvent) -> Result<()> {
-        write_frame(&mut self.0, &event)
+        self.last_alive = Some(Instant::now());
+        write_frame(&mut self.out, &event)
+    }
+
+    fn alive(&mut self, step: u64) -> Result<()> {
+        if self.last_alive.is_some_and(|at| at.elapsed() < ALIVE_EVERY) {
+            return Ok(());
+        }
+        self.emit(WorkerEvent::Alive { step })
     }
 }
 
@@ -74,13 +101,15 @@ pub fn main_stdio() -> i32 {
         let mut stdin = std::io::stdin();
         loop {
             match stdin.read(&mut sink) {
-                Ok(0) | Err(_) => std::process::exit(exit::ORPHANED),
+                // Not `process::exit`: its static destructors would pull libtorch's globals
+                // from under the training thread (see `ffi::exit_now`).
+                Ok(0) | Err(_) => crate::ffi::exit_now(exit::ORPHANED),
                 Ok(_) => {}
             }
         }
     });
     let telemetry = shared::telemetry::init("qagent-worker", "info");
-    let mut sink = FrameSink(std::io::stdout().lock());
+    let mut sink = FrameSink::new(std::io::stdout().lock());
     let event = match run(&request, &mut sink) {
         Ok(()) => None,
         Err(e) => Some(WorkerEvent::Failed { message: error_chain(&e), retryable: e.is_retryable() }),

@@ -86,6 +86,10 @@ pub fn run_finished(record: &RunRecord, states: &BTreeMap<String, ShardState>) -
     record.shards.iter().all(|s| states.get(&s.shard).is_some_and(|st| st.is_terminal()))
 }
 
+/// A running shard without progress for this long is shown as such (workers report
+/// progress about every second).
+const STALLED_AFTER_S: f64 = 60.0;
+
 /// `qsched status RUN`.
 pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -> Result<String> {
     let record = get_run(store, run).await?;
@@ -113,12 +117,14 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
         ));
     }
     if let Some(b) = broker {
-        let cpu = b.queue_depth(DeviceClass::Cpu).await.unwrap_or(0);
-        let cuda = b.queue_depth(DeviceClass::Cuda).await.unwrap_or(0);
-        let dead = b.dead_letters(1000).await.map(|d| d.len()).unwrap_or(0);
+        let cpu = b.queue_depth(DeviceClass::Cpu).await?;
+        let cuda = b.queue_depth(DeviceClass::Cuda).await?;
+        let dead = b.dead_letter_count().await?;
         out.push_str(&format!("queues (all runs): cpu {cpu} ready, cuda {cuda} ready, dead letters {dead}\n"));
     }
     let live: std::collections::BTreeSet<String> = agents.iter().map(|a| a.agent.clone()).collect();
+    let progress_at: BTreeMap<&str, f64> =
+        agents.iter().filter_map(|a| Some((a.agent.as_str(), a.progress_at?))).collect();
     let mut running = Table::new();
     running
         .load_preset(presets::UTF8_FULL_CONDENSED)
@@ -134,12 +140,20 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
         // A running shard whose agent stopped heartbeating is stale: its delivery will
         // come back to the queue when the broker notices the dead connection.
         let stale = p.is_some_and(|p| !live.contains(&p.agent));
+        // A live agent whose worker reports no progress: stopped or hung (the agent's
+        // watchdog kills it after its stall timeout).
+        let silent = p.and_then(|p| progress_at.get(p.agent.as_str())).map(|at| unix_now() - at);
+        let state = match silent {
+            _ if stale => "running (stale)".to_owned(),
+            Some(s) if s >= STALLED_AFTER_S => format!("running (no progress for {s:.0} s)"),
+            _ => "running".to_owned(),
+        };
         running.add_row([
             s.shard.clone(),
             s.model.to_string(),
             s.task.to_string(),
             s.seed.to_string(),
-            if stale { "running (stale)".into() } else { "running".into() },
+            state,
             p.map_or("—".into(), |p| format!("{}/{}", p.step, p.total_steps)),
             p.and_then(|p| p.loss).map_or("—".into(), |l| format!("{l:.4}")),
             p.map_or("—".into(), |p| p.agent.clone()),
@@ -183,6 +197,7 @@ pub async fn agents(store: &dyn Store, format: Format) -> Result<String> {
         "gpu",
         "current shard",
         "step",
+        "last progress",
         "last heartbeat",
         "shards done",
         "up",
@@ -198,6 +213,11 @@ pub async fn agents(store: &dyn Store, format: Format) -> Result<String> {
             match (a.step, a.total_steps) {
                 (Some(s), Some(t)) => format!("{s}/{t}"),
                 _ => "—".into(),
+            },
+            match a.progress_at.map(|at| (now - at).max(0.0)) {
+                Some(s) if s >= STALLED_AFTER_S => format!("{s:.0} s ago (stalled?)"),
+                Some(s) => format!("{s:.0} s ago"),
+                None => "—".into(),
             },
             format!("{:.0} s ago", (now - a.at).max(0.0)),
             a.shards_done.to_string(),
@@ -233,9 +253,14 @@ pub async fn runs(store: &dyn Store, limit: usize) -> Result<String> {
 
 /// `qsched dead-letters`.
 pub async fn dead_letters(store: &dyn Store, broker: &dyn Broker, limit: usize) -> Result<String> {
+    let total = broker.dead_letter_count().await?;
     let queued = broker.dead_letters(limit).await?;
     let recorded = store.dead_letter_records(limit).await?;
-    let mut out = format!("{} message(s) in the dead-letter queue\n", queued.len());
+    let mut out = if (queued.len() as u64) < total {
+        format!("{total} message(s) in the dead-letter queue, the first {} shown (--limit)\n", queued.len())
+    } else {
+        format!("{total} message(s) in the dead-letter queue\n")
+    };
     for d in &queued {
         out.push_str(&format!("  {} ({} bytes): {}\n", d.message_id.as_deref().unwrap_or("<no id>"), d.size, d.reason));
     }

@@ -152,7 +152,7 @@ struct SubmitArgs {
     /// Scale preset: tiny, small, medium, large.
     #[arg(long)]
     scale: Option<String>,
-    /// Models (methods), comma-separated: qwen3, rev-qwen3, ft-opt, mezo-opt, dizo-opt.
+    /// Models (methods), comma-separated: qwen3, qwen3-ckpt, rev-qwen3, ft-opt, mezo-opt, dizo-opt.
     #[arg(long)]
     models: Option<String>,
     /// Tasks, comma-separated: sst2 cola mrpc stsb qnli rte wnli mnli qqp cb copa boolq wic wsc multirc.

@@ -327,10 +327,13 @@ mod tests {
             result(ModelId::Qwen3, 2, Some(0.9)),
             result(ModelId::Qwen3, 3, None),
             result(ModelId::RevQwen3, 1, Some(0.7)),
+            result(ModelId::Qwen3Ckpt, 1, Some(0.75)),
         ];
         let a = aggregate(&rs);
-        assert_eq!(a.len(), 2);
+        assert_eq!(a.len(), 3);
         assert_eq!(a[0].model, ModelId::Qwen3);
+        // qwen3-ckpt is its own row, between qwen3 and rev-qwen3 (ModelId order).
+        assert_eq!((a[1].model, a[2].model), (ModelId::Qwen3Ckpt, ModelId::RevQwen3));
         assert_eq!(a[0].primary.unwrap().n, 2);
         assert!((a[0].primary.unwrap().mean - 0.85).abs() < 1e-12);
         assert_eq!(a[0].failed, 1);

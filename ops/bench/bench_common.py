@@ -3,10 +3,12 @@ torch_mezo_opt.py): device pinning without fallback, the memory counters, the ti
 window and JSON-line output. It mirrors `agent/src/bench.rs` so records compare field
 by field:
 
-* static_memory_bytes: bytes in use after the warm-up steps (parameters, gradients kept
-  allocated and zeroed, optimizer state, batches, library workspaces);
+* static_memory_bytes: bytes in use after the warm-up steps and zero_grad(set_to_none)
+  (parameters, optimizer state, batches, library workspaces; no gradients);
 * peak_memory_bytes: peak over the timed steps (the peak counter is reset just before);
-* activation_bytes = peak - static;
+* gradient_memory_bytes: bytes in use right after the last timed step minus static (what
+  a step leaves alive until the next zero_grad: the gradients; ~0 for zeroth-order);
+* activation_bytes = peak - static - gradient (activations, checkpoints, temporaries);
 * step_seconds: median of `synchronize -> step -> loss.item() -> synchronize`.
 
 CUDA: torch.cuda.memory_allocated / max_memory_allocated (the caching allocator, the
@@ -100,6 +102,7 @@ def timed(mem, steps, step):
         losses.append(loss)
     return {
         "static": static,
+        "end": mem.current(),
         "seconds": seconds,
         "losses": losses,
         "peak": mem.peak(),
@@ -109,10 +112,12 @@ def timed(mem, steps, step):
 
 def window_fields(w, tokens_per_step):
     step = statistics.median(w["seconds"])
+    gradient = w["end"] - w["static"]
     return {
         "static_memory_bytes": w["static"],
+        "gradient_memory_bytes": gradient,
         "peak_memory_bytes": w["peak"],
-        "activation_bytes": w["peak"] - w["static"],
+        "activation_bytes": w["peak"] - w["static"] - gradient,
         "peak_reserved_bytes": w["peak_reserved"],
         "step_seconds": step,
         "step_seconds_min": min(w["seconds"]),

@@ -21,6 +21,7 @@
 #   HARD_S=570            no run is allowed past this many seconds (each run's timeout shrinks)
 #   SIZES=full            `tiny` = CPU-sized shapes, for testing this script (DEVICE=cpu)
 #   DEVICE=cuda:$GPU      `cpu` only with SIZES=tiny
+#   LIBTORCH_DIR          a libtorch for qbench other than the host's torch (default: PYTHON's)
 #
 # Expected runtime on one H100 80GB (estimates, fp32 = TF32 off on both sides):
 #   figure 1 (batch 8 x seq 512, 5 timed + 2 warm-up steps): per process ~10 s start-up
@@ -44,45 +45,12 @@ SIZES="${SIZES:-full}"
 DEVICE="${DEVICE:-cuda:$GPU}"
 
 die() { echo "gpu_figures: $*" >&2; exit 2; }
-[ -n "$QBENCH" ] || die "set QBENCH=/path/to/qbench (or pass it as the first argument)"
-[ -f "$QBENCH" ] || die "no qbench binary at $QBENCH"
-mkdir -p "$OUT/logs" || die "cannot create $OUT"
-START=$(date +%s)
+# shellcheck source=bench_lib.sh
+. "$HERE/bench_lib.sh"
 
-# 1. The host's PyTorch, and a layout in which the binary's rpath
-#    ($ORIGIN/../libtorch/lib) resolves: <work>/bin/qbench + <work>/libtorch -> torch/.
-#    <work>/nvidia -> site-packages/nvidia keeps torch/lib's own rpath
-#    ($ORIGIN/../../nvidia/...) valid through the link, and LD_LIBRARY_PATH puts the real
-#    torch/lib first anyway. libtorch_cuda.so is named explicitly (no search).
-TORCH_DIR="$("$PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')" \
-  || die "$PYTHON cannot import torch"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/bin"
-cp "$QBENCH" "$WORK/bin/qbench" && chmod +x "$WORK/bin/qbench"   # a copy: $ORIGIN follows the real file
-ln -s "$TORCH_DIR" "$WORK/libtorch"
-SITE="$(dirname "$TORCH_DIR")"
-[ -d "$SITE/nvidia" ] && ln -s "$SITE/nvidia" "$WORK/nvidia"
-export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export QSCHED_LIBTORCH_CUDA="$TORCH_DIR/lib/libtorch_cuda.so"
-# CPU runs measure the resident set: make large frees leave it (glibc keeps brk memory).
-[ "$DEVICE" = cpu ] && export MALLOC_MMAP_THRESHOLD_=65536
-QB="$WORK/bin/qbench"
-ldd "$QB" > "$OUT/ldd.txt" 2>&1
-if grep -q "not found" "$OUT/ldd.txt"; then cat "$OUT/ldd.txt" >&2; die "qbench has unresolved libraries (see ldd.txt)"; fi
-
-{
-  echo "date: $(date -u +%FT%TZ)"; echo "host: $(hostname)"; echo "device: $DEVICE"; echo "sizes: $SIZES"
-  echo "qbench: $QBENCH sha256 $(sha256sum "$QBENCH" | cut -d' ' -f1)"
-  echo "torch dir: $TORCH_DIR"
-  "$PYTHON" -c 'import sys,torch,transformers;print("python",sys.version.split()[0]);print("torch",torch.__version__,"cuda",torch.version.cuda);print("transformers",transformers.__version__);print("tf32 matmul",torch.backends.cuda.matmul.allow_tf32)'
-  echo "glibc: $(ldd --version 2>&1 | head -1)"
-} > "$OUT/env.txt" 2>&1
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-  nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv \
-    > "$OUT/nvidia-smi-query.csv" 2>&1
-fi
+# 1. Layout in which the binary's rpath resolves (bench_lib.sh), environment report.
+bench_layout
+bench_env
 
 # 2. Sizes.
 if [ "$SIZES" = tiny ]; then
@@ -106,27 +74,8 @@ else
   T_RUN=240
 fi
 
-# 3. Runner: appends stdout JSON lines to the figure's file, stderr to a log, and a row
-#    to runs.tsv. A run that fails keeps the lines it printed (error records included).
-printf 'name\texit\tseconds\tcommand\n' > "$OUT/runs.tsv"
-FAILED=0
-run() {  # run NAME FILE CMD...
-  local name="$1" file="$2"; shift 2
-  local now=$(( $(date +%s) - START ))
-  if [ "$now" -ge "$BUDGET_S" ]; then
-    echo "gpu_figures: skipping $name (${now}s elapsed >= BUDGET_S=$BUDGET_S)" >&2
-    printf '%s\tskipped\t0\t%s\n' "$name" "$*" >> "$OUT/runs.tsv"
-    return
-  fi
-  local limit=$(( HARD_S - now < T_RUN ? HARD_S - now : T_RUN ))
-  echo "gpu_figures: [$now s] $name (timeout ${limit}s)" >&2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" >> "$OUT/$file" 2> "$OUT/logs/$name.log"
-  local rc=$?
-  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$*" >> "$OUT/runs.tsv"
-  if [ "$rc" -ne 0 ]; then FAILED=$((FAILED + 1)); echo "gpu_figures: $name exited $rc (see logs/$name.log)" >&2; fi
-}
-
+# 3. Runner: `run NAME FILE CMD...` (bench_lib.sh): stdout JSON lines to the figure's
+#    file, stderr to a log, a row in runs.tsv; a failed run keeps the lines it printed.
 PY_Q=("$PYTHON" "$HERE/hf_qwen3_train.py")
 PY_O=("$PYTHON" "$HERE/torch_mezo_opt.py")
 F1=qwen3_depth.jsonl
@@ -161,9 +110,4 @@ if [ "$EXTRA" = 1 ] && [ "$DEVICE" != cpu ]; then
       --methods inference,mezo,ft --weights fp32 --precision bf16
 fi
 
-command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi-after.txt" 2>&1
-TOTAL=$(( $(date +%s) - START ))
-echo "total_seconds: $TOTAL" >> "$OUT/env.txt"
-echo "gpu_figures: done in ${TOTAL}s, $FAILED failed run(s); results in $OUT" >&2
-column -t -s $'\t' "$OUT/runs.tsv" >&2 2>/dev/null || cat "$OUT/runs.tsv" >&2
-[ "$FAILED" -eq 0 ]
+bench_finish gpu_figures

@@ -3,10 +3,14 @@
 PyTorch (sdpa attention) with torch.optim.AdamW(fused=True), same shapes, batches, warm-up
 and timing protocol, same JSON field names (impl = "hf-transformers").
 
-One step: zero_grad (set_to_none=False, as qsched's AdamW keeps gradients allocated; pass
---set-to-none for PyTorch's default), forward with labels (HF computes the loss:
+One step: zero_grad (set_to_none=True, PyTorch's default and what qsched's AdamW does;
+--keep-grads keeps them allocated and zeroed), forward with labels (HF computes the loss:
 classification CE on the last non-pad token, or causal-LM CE over all positions), backward,
 clip_grad_norm_(foreach) when --grad-clip > 0, optimizer step, loss.item().
+
+--models qwen3,qwen3-ckpt: `qwen3-ckpt` is the same model after
+`model.gradient_checkpointing_enable()` (transformers' own per-layer activation
+checkpointing, its default settings), the peer of `qbench ... --models qwen3-ckpt`.
 
 Usage (GPU host, system PyTorch 2.11 + transformers):
   python3 hf_qwen3_train.py --device cuda:0 --depths 2,4,8,16,28 --batch 8 --seq 512 --head cls
@@ -26,6 +30,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassifi
 import bench_common as bc
 
 IMPL = "hf-transformers"
+MODELS = ("qwen3", "qwen3-ckpt")
 
 
 def parse_args(argv):
@@ -47,18 +52,23 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--set-to-none", action="store_true", help="free gradients in zero_grad (PyTorch default)")
+    p.add_argument("--models", default="qwen3", help="qwen3 and/or qwen3-ckpt (gradient_checkpointing_enable())")
+    p.add_argument("--keep-grads", action="store_true", help="zero_grad(set_to_none=False): keep gradients allocated")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     a.depths = [int(d) for d in a.depths.split(",") if d]
+    a.models = [m for m in a.models.split(",") if m]
+    if not a.models or any(m not in MODELS for m in a.models):
+        raise SystemExit(f"--models must list {', '.join(MODELS)}, got {a.models}")
+    a.set_to_none = not a.keep_grads
     if not a.depths or min(a.depths) < 1:
         raise SystemExit(f"--depths must be positive layer counts, got {a.depths}")
     bc.check_counts(a.steps, a.warmup)
     return a
 
 
-def build(a, depth, device):
+def build(a, depth, device, model_name):
     cfg = Qwen3Config(
         vocab_size=a.vocab,
         hidden_size=a.hidden,
@@ -83,6 +93,9 @@ def build(a, depth, device):
     cls = Qwen3ForSequenceClassification if a.head == "cls" else Qwen3ForCausalLM
     with torch.device(device):
         model = cls(cfg)
+    if model_name == "qwen3-ckpt":
+        # transformers' per-layer checkpointing as users enable it (library defaults).
+        model.gradient_checkpointing_enable()
     model.train()
     return model
 
@@ -97,10 +110,10 @@ def make_batch(a, device, gen):
     return ids, mask, labels
 
 
-def measure(a, depth, device, mem):
+def measure(a, depth, device, mem, model_name):
     t_setup = time.perf_counter()
     torch.manual_seed(a.seed)
-    model = build(a, depth, device)
+    model = build(a, depth, device, model_name)
     named = list(model.named_parameters())
     opt = bc.adamw(named, a.lr, a.weight_decay)
     params = [p for _, p in named]
@@ -133,7 +146,7 @@ def measure(a, depth, device, mem):
         "record": "measurement",
         "figure": "qwen3-depth",
         "impl": IMPL,
-        "model": "qwen3",
+        "model": model_name,
         "head": a.head,
         "depth": depth,
         "hidden": a.hidden, "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.head_dim,
@@ -146,7 +159,8 @@ def measure(a, depth, device, mem):
         "param_bytes": param_bytes,
         "grad_bytes": param_bytes,
         "optimizer_state_bytes": 2 * param_bytes + 4 * len(params),
-        "backward": "autograd",
+        "backward": "checkpointed (gradient_checkpointing_enable)" if model_name == "qwen3-ckpt" else "autograd",
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
         "setup_seconds": setup_seconds,
         "attn_implementation": model.config._attn_implementation,
         "zero_grad": "set_to_none" if a.set_to_none else "zero",
@@ -157,45 +171,55 @@ def measure(a, depth, device, mem):
     return record
 
 
+def summary(a, device, model_name, rows):
+    """One record per model: the columns over depth and least-squares slopes per layer."""
+    depths = [r["depth"] for r in rows]
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    slope, intercept = bc.linear_fit(depths, col("activation_bytes"))
+    static_slope, _ = bc.linear_fit(depths, col("static_memory_bytes"))
+    gradient_slope, _ = bc.linear_fit(depths, col("gradient_memory_bytes"))
+    peak_slope, _ = bc.linear_fit(depths, col("peak_memory_bytes"))
+    bc.emit({
+        "record": "summary", "figure": "qwen3-depth", "impl": IMPL, "model": model_name, "head": a.head,
+        "precision": bc.PRECISION_LABEL[a.precision], "batch": a.batch, "seq": a.seq, "depths": depths,
+        "activation_bytes": col("activation_bytes"), "peak_memory_bytes": col("peak_memory_bytes"),
+        "static_memory_bytes": col("static_memory_bytes"), "gradient_memory_bytes": col("gradient_memory_bytes"),
+        "step_seconds": col("step_seconds"), "tokens_per_second": col("tokens_per_second"),
+        "activation_slope_bytes_per_layer": slope, "activation_intercept_bytes": intercept,
+        "static_slope_bytes_per_layer": static_slope, "gradient_slope_bytes_per_layer": gradient_slope,
+        "peak_slope_bytes_per_layer": peak_slope, "memory_kind": rows[0]["memory_kind"],
+        "device": str(device), "gpu_name": rows[0]["gpu_name"],
+    })
+
+
 def main(argv):
     a = parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     device = bc.pin(a.device)
     mem = bc.Memory(device)
-    failed, rows = 0, []
-    for depth in a.depths:
-        bc.log(f"hf qwen3 depth={depth} head={a.head} precision={a.precision}")
-        try:
-            r = measure(a, depth, device, mem)
-            bc.emit(r)
-            rows.append(r)
-        except (RuntimeError, torch.OutOfMemoryError) as e:
-            failed += 1
-            bc.log(f"measurement failed: {e}")
-            bc.emit({
-                "record": "error", "figure": "qwen3-depth", "impl": IMPL, "model": "qwen3", "head": a.head,
-                "depth": depth, "batch": a.batch, "seq": a.seq, "precision": bc.PRECISION_LABEL[a.precision],
-                "device": str(device), "out_of_memory": bc.is_oom(e), "error": str(e)[:2000],
-            })
-        mem.release()
-    if len(rows) >= 2:
-        depths = [r["depth"] for r in rows]
-        col = lambda k: [r[k] for r in rows]  # noqa: E731
-        slope, intercept = bc.linear_fit(depths, col("activation_bytes"))
-        static_slope, _ = bc.linear_fit(depths, col("static_memory_bytes"))
-        bc.emit({
-            "record": "summary", "figure": "qwen3-depth", "impl": IMPL, "model": "qwen3", "head": a.head,
-            "precision": bc.PRECISION_LABEL[a.precision], "batch": a.batch, "seq": a.seq, "depths": depths,
-            "activation_bytes": col("activation_bytes"), "peak_memory_bytes": col("peak_memory_bytes"),
-            "static_memory_bytes": col("static_memory_bytes"), "step_seconds": col("step_seconds"),
-            "tokens_per_second": col("tokens_per_second"),
-            "activation_slope_bytes_per_layer": slope, "activation_intercept_bytes": intercept,
-            "static_slope_bytes_per_layer": static_slope,
-            "device": str(device), "gpu_name": rows[0]["gpu_name"],
-        })
+    failed = 0
+    for model_name in a.models:
+        rows = []
+        for depth in a.depths:
+            bc.log(f"hf {model_name} depth={depth} head={a.head} precision={a.precision}")
+            try:
+                r = measure(a, depth, device, mem, model_name)
+                bc.emit(r)
+                rows.append(r)
+            except (RuntimeError, torch.OutOfMemoryError) as e:
+                failed += 1
+                bc.log(f"measurement failed: {e}")
+                bc.emit({
+                    "record": "error", "figure": "qwen3-depth", "impl": IMPL, "model": model_name, "head": a.head,
+                    "depth": depth, "batch": a.batch, "seq": a.seq, "precision": bc.PRECISION_LABEL[a.precision],
+                    "device": str(device), "out_of_memory": bc.is_oom(e), "error": str(e)[:2000],
+                })
+            mem.release()
+        if len(rows) >= 2:
+            summary(a, device, model_name, rows)
     if failed:
-        bc.log(f"{failed} of {len(a.depths)} measurement(s) failed")
+        bc.log(f"{failed} of {len(a.depths) * len(a.models)} measurement(s) failed")
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 of our measurements next to the peer measured in the same run, with the ratio.
 
   python3 ops/bench/summarize.py OUT_DIR        (reads qwen3_depth.jsonl, zo_opt.jsonl)
+  python3 ops/bench/summarize.py --ckpt-vs-rev OUT_DIR   (reads ckpt_vs_rev.jsonl)
 
 Standard library only. Prints nothing it did not read: a missing peer shows as "-".
 """
@@ -103,7 +104,60 @@ def zo_tables(records):
     return out
 
 
+def ckpt_vs_rev(records):
+    """ckpt_vs_rev.sh: per (batch, seq) one row per depth with every model's peak split and
+    step time, then the issue's done-when ratios (rev-qwen3 against qwen3-ckpt and HF
+    checkpointed at depth >= 8; step time against qwen3-ckpt and qwen3) and the slopes."""
+    meas = [r for r in records if r.get("record") == "measurement"]
+    out = []
+    cols = [("qsched-tch", "qwen3"), ("qsched-tch", "qwen3-ckpt"), ("qsched-tch", "rev-qwen3"),
+            ("hf-transformers", "qwen3"), ("hf-transformers", "qwen3-ckpt")]
+    name = {"qsched-tch": "", "hf-transformers": "HF "}
+    for head, prec, b, t in sorted({(r["head"], r["precision"], r["batch"], r["seq"]) for r in meas}):
+        rows = [r for r in meas if (r["head"], r["precision"], r["batch"], r["seq"]) == (head, prec, b, t)]
+        by = {(r["impl"], r["model"], r["depth"]): r for r in rows}
+        dev = rows[0].get("gpu_name") or rows[0]["device"]
+        out.append(f"\n### head {head}, {prec}, batch {b} x seq {t}, {dev} ({rows[0].get('memory_kind')})\n")
+        out.append("peak GiB = static + gradients + activations; step ms\n")
+        out.append("| depth | " + " | ".join(f"{name[i]}{m}" for i, m in cols) + " |")
+        out.append("|---|" + "---|" * len(cols))
+        for d in sorted({r["depth"] for r in rows}):
+            cells = []
+            for i, m in cols:
+                r = by.get((i, m, d))
+                cells.append("-" if r is None else
+                             f"{gib(r['peak_memory_bytes'])} = {gib(r['static_memory_bytes'])} + "
+                             f"{gib(r.get('gradient_memory_bytes'))} + {gib(r['activation_bytes'])}; "
+                             f"{sec(r['step_seconds'])}")
+            out.append(f"| {d} | " + " | ".join(cells) + " |")
+        out.append("\n| depth | rev peak / ckpt peak | rev peak / HF ckpt peak | rev step / ckpt step | rev step / qwen3 step |")
+        out.append("|---|---|---|---|---|")
+        for d in sorted({r["depth"] for r in rows if r["depth"] >= 8} or {r["depth"] for r in rows}):
+            rev = by.get(("qsched-tch", "rev-qwen3", d), {})
+            ck = by.get(("qsched-tch", "qwen3-ckpt", d), {})
+            hf = by.get(("hf-transformers", "qwen3-ckpt", d), {})
+            q = by.get(("qsched-tch", "qwen3", d), {})
+            out.append(f"| {d} | {ratio(rev.get('peak_memory_bytes'), ck.get('peak_memory_bytes'))} | "
+                       f"{ratio(rev.get('peak_memory_bytes'), hf.get('peak_memory_bytes'))} | "
+                       f"{ratio(rev.get('step_seconds'), ck.get('step_seconds'))} | "
+                       f"{ratio(rev.get('step_seconds'), q.get('step_seconds'))} |")
+        sums = [s for s in records if s.get("record") == "summary" and (s["head"], s["precision"], s["batch"], s["seq"]) == (head, prec, b, t)]
+        for sm in sums:
+            out.append(f"\n{sm['impl']} {sm['model']}: activation slope {sm['activation_slope_bytes_per_layer'] / 2**20:.2f} MiB/layer "
+                       f"(intercept {sm['activation_intercept_bytes'] / GIB:.3f} GiB), peak slope "
+                       f"{(sm.get('peak_slope_bytes_per_layer') or 0) / 2**20:.2f} MiB/layer over depths {sm['depths']}")
+    for e in (r for r in records if r.get("record") == "error"):
+        out.append(f"\nERROR {e.get('impl')} {e.get('model')} depth {e.get('depth')} {e.get('batch')}x{e.get('seq')}: "
+                   f"{'out of memory' if e.get('out_of_memory') else e.get('error', '')[:200]}")
+    return out
+
+
 def main(argv):
+    if len(argv) == 2 and argv[0] == "--ckpt-vs-rev":
+        lines = ["## Gradient checkpointing vs reversible backprop"]
+        lines += ckpt_vs_rev(load(os.path.join(argv[1], "ckpt_vs_rev.jsonl")))
+        print("\n".join(lines))
+        return 0
     if len(argv) != 1:
         raise SystemExit(__doc__)
     d = argv[0]

@@ -117,7 +117,7 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &RunId) -> Vec<Shard> {
                     train,
                     dizo,
                 };
-                shard.shard_id = content_id(&shard);
+                shard.shard_id = shard.content_id();
                 shard.index = shards.len() as u32;
                 shards.push(shard);
             }
@@ -128,24 +128,6 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &RunId) -> Vec<Shard> {
 
 /// Shard id placeholder while the content hash is computed.
 const UNHASHED: &str = "0";
-
-/// The id naming a shard's work (model, task, seed, settings) wherever it appears in a
-/// matrix: the first 16 hex digits of the sha256 of its JSON with the run id and the
-/// shard id written as empty strings and index 0. The ids of every earlier build were
-/// computed over exactly these bytes, so stored runs keep their ids.
-fn content_id(shard: &Shard) -> ShardId {
-    let unplaced = Shard { index: 0, ..shard.clone() };
-    let json = serde_json::to_string(&unplaced).expect("a shard serialises to JSON");
-    // `run_id` and `shard_id` are the first two fields of `Shard`.
-    let written = format!(
-        "{{\"run_id\":{},\"shard_id\":{},",
-        serde_json::to_string(&unplaced.run_id).expect("an id serialises"),
-        serde_json::to_string(UNHASHED).expect("an id serialises")
-    );
-    let rest = json.strip_prefix(&written).expect("Shard starts with run_id and shard_id");
-    let hashed = format!("{{\"run_id\":\"\",\"shard_id\":\"\",{rest}");
-    ShardId::new(&sha256_hex(hashed.as_bytes())[..16]).expect("16 hex digits are a valid id")
-}
 
 /// The run record stored at submit time.
 pub fn run_record(spec: &BenchmarkSpec, run_id: &RunId, shards: &[Shard], traceparent: Option<String>) -> RunRecord {
@@ -512,6 +494,9 @@ mod tests {
         }
         async fn queue_depth(&self, class: DeviceClass) -> shared::Result<u64> {
             self.inner.queue_depth(class).await
+        }
+        async fn dead_letter_count(&self) -> shared::Result<u64> {
+            self.inner.dead_letter_count().await
         }
         fn max_message_bytes(&self) -> usize {
             self.inner.max_message_bytes()

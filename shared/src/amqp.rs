@@ -617,7 +617,8 @@ impl Broker for AmqpBroker {
         let item = Publish {
             exchange: &dlx,
             routing_key: "",
-            message_id: None,
+            // The agent passes the original message id as a header; keep it as the id.
+            message_id: headers.get("message-id").map(String::as_str),
             body: &body,
             headers: &headers,
             extra_header: Some((REASON_HEADER, reason)),
@@ -636,10 +637,12 @@ impl Broker for AmqpBroker {
         // restores their original positions (marked redelivered). While a listing runs,
         // the messages it holds are invisible to a concurrent listing.
         while out.len() < limit {
-            let got = ch
-                .basic_get(short(&queue)?, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| self.lapin_error(&format!("reading {queue}"), &e))?;
+            let got = match ch.basic_get(short(&queue)?, BasicGetOptions { no_ack: false }).await {
+                Ok(got) => got,
+                // Never declared: nothing was ever dead-lettered under this prefix.
+                Err(e) if lapin_not_found(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(self.lapin_error(&format!("reading {queue}"), &e)),
+            };
             let Some(message) = got else { break };
             out.push(to_dead_letter(&message.delivery));
         }
@@ -675,22 +678,38 @@ impl Broker for AmqpBroker {
     }
 
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64> {
-        let queue = self.shard_queue(class);
-        let ch = self.channel().await?;
-        let q = ch
-            .queue_declare(
-                short(&queue)?,
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.lapin_error(&format!("inspecting {queue}"), &e))?;
-        close_channel(&ch).await;
-        Ok(u64::from(q.message_count()))
+        self.message_count(&self.shard_queue(class)).await
+    }
+
+    async fn dead_letter_count(&self) -> Result<u64> {
+        self.message_count(&self.dead_letter_queue()).await
     }
 
     fn max_message_bytes(&self) -> usize {
         self.config.max_message_bytes
+    }
+}
+
+impl AmqpBroker {
+    /// Messages ready in `queue`; 0 for a queue never declared (a prefix no one used).
+    async fn message_count(&self, queue: &str) -> Result<u64> {
+        let ch = self.channel().await?;
+        let declared = ch
+            .queue_declare(
+                short(queue)?,
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                close_channel(&ch).await;
+                Ok(u64::from(q.message_count()))
+            }
+            // Never declared: no agent or submit ever used this prefix.
+            Err(e) if lapin_not_found(&e) => Ok(0),
+            Err(e) => Err(self.lapin_error(&format!("inspecting {queue}"), &e)),
+        }
     }
 }
 
@@ -913,6 +932,12 @@ fn describe_death_reason(code: &str) -> String {
 }
 
 /// Whether retrying (after reconnecting) can help.
+/// The broker's 404 NOT_FOUND: a queue that was never declared (a prefix no one used).
+fn lapin_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 fn lapin_transient(e: &lapin::Error) -> bool {
     use lapin::ErrorKind as K;
     match e.kind() {

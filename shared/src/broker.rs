@@ -147,6 +147,8 @@ pub trait Broker: Send + Sync {
     async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>>;
     /// Messages ready in the queue of `class` (for status displays).
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64>;
+    /// Messages in the dead-letter queue (all of them, unlike a `dead_letters` listing).
+    async fn dead_letter_count(&self) -> Result<u64>;
     /// The largest message `publish` accepts (checked before anything is recorded).
     fn max_message_bytes(&self) -> usize {
         crate::wire::DEFAULT_MAX_MESSAGE_BYTES
@@ -389,6 +391,10 @@ impl Broker for MemoryBroker {
 
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64> {
         Ok(self.lock().queues.get(&class).map_or(0, |q| q.len() as u64))
+    }
+
+    async fn dead_letter_count(&self) -> Result<u64> {
+        Ok(self.lock().dead.len() as u64)
     }
 }
 

@@ -18,6 +18,11 @@ pub enum ModelId {
     /// Standard Qwen3 with a classification head, AdamW and backprop.
     #[serde(rename = "qwen3")]
     Qwen3,
+    /// Standard Qwen3 with per-layer activation checkpointing: each decoder layer's input
+    /// is stored, the layer is recomputed in the backward. AdamW; the baseline reversible
+    /// backprop has to beat.
+    #[serde(rename = "qwen3-ckpt")]
+    Qwen3Ckpt,
     /// Reversible Qwen3 (two-stream coupling), AdamW with backprop by reconstruction.
     #[serde(rename = "rev-qwen3")]
     RevQwen3,
@@ -36,7 +41,7 @@ pub enum ModelId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
-    /// Qwen3 (standard or reversible), classification-head format.
+    /// Qwen3 (standard, checkpointed or reversible), classification-head format.
     Qwen3,
     /// OPT, prompt and label-word format.
     Opt,
@@ -44,13 +49,14 @@ pub enum Family {
 
 impl ModelId {
     /// Every model id, in display order.
-    pub const ALL: [ModelId; 5] =
-        [ModelId::Qwen3, ModelId::RevQwen3, ModelId::FtOpt, ModelId::MezoOpt, ModelId::DizoOpt];
+    pub const ALL: [ModelId; 6] =
+        [ModelId::Qwen3, ModelId::Qwen3Ckpt, ModelId::RevQwen3, ModelId::FtOpt, ModelId::MezoOpt, ModelId::DizoOpt];
 
     /// The name used on the command line and in results.
     pub fn as_str(self) -> &'static str {
         match self {
             ModelId::Qwen3 => "qwen3",
+            ModelId::Qwen3Ckpt => "qwen3-ckpt",
             ModelId::RevQwen3 => "rev-qwen3",
             ModelId::FtOpt => "ft-opt",
             ModelId::MezoOpt => "mezo-opt",
@@ -61,7 +67,7 @@ impl ModelId {
     /// Which architecture this entry trains.
     pub fn family(self) -> Family {
         match self {
-            ModelId::Qwen3 | ModelId::RevQwen3 => Family::Qwen3,
+            ModelId::Qwen3 | ModelId::Qwen3Ckpt | ModelId::RevQwen3 => Family::Qwen3,
             ModelId::FtOpt | ModelId::MezoOpt | ModelId::DizoOpt => Family::Opt,
         }
     }
@@ -298,6 +304,9 @@ mod tests {
     #[test]
     fn families() {
         assert_eq!(ModelId::RevQwen3.family(), Family::Qwen3);
+        assert_eq!(ModelId::Qwen3Ckpt.family(), Family::Qwen3);
+        assert!(!ModelId::Qwen3Ckpt.is_zeroth_order());
+        assert_eq!("qwen3-ckpt".parse::<ModelId>().unwrap(), ModelId::Qwen3Ckpt);
         assert_eq!(ModelId::DizoOpt.family(), Family::Opt);
         assert!(ModelId::MezoOpt.is_zeroth_order());
         assert!(!ModelId::FtOpt.is_zeroth_order());

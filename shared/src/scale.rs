@@ -171,13 +171,13 @@ pub struct ScalePreset {
     pub description: String,
     /// Device class the shards go to unless the spec says otherwise.
     pub device_class: DeviceClass,
-    /// Qwen3 shape (qwen3, rev-qwen3).
+    /// Qwen3 shape (qwen3, qwen3-ckpt, rev-qwen3).
     pub qwen3: Qwen3Arch,
     /// OPT shape (ft-opt, mezo-opt, dizo-opt).
     pub opt: OptArch,
     /// Data sizes.
     pub data: DataSettings,
-    /// AdamW methods: qwen3, rev-qwen3, ft-opt.
+    /// AdamW methods: qwen3, qwen3-ckpt, rev-qwen3, ft-opt.
     pub first_order: TrainSettings,
     /// SPSA methods: mezo-opt, dizo-opt.
     pub zeroth_order: TrainSettings,
@@ -375,8 +375,26 @@ impl Qwen3Arch {
     /// Cross-field checks; called when a spec is resolved.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::invalid("qwen3 shape", m));
-        if self.hidden_size == 0 || self.num_hidden_layers == 0 || self.head_dim == 0 {
-            return bad("hidden_size, num_hidden_layers and head_dim must be positive".into());
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return bad(format!("{field} must be positive"));
+            }
+        }
+        for (field, value) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {
+            if !(value.is_finite() && value > 0.0) {
+                return bad(format!("{field} {value} must be a positive finite number"));
+            }
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return bad(format!("initializer_range {} must be finite and not negative", self.initializer_range));
         }
         if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
@@ -409,6 +427,24 @@ impl OptArch {
 
     /// Cross-field checks; called when a spec is resolved.
     pub fn validate(&self) -> Result<(), Error> {
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("ffn_dim", self.ffn_dim),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("word_embed_proj_dim", self.word_embed_proj_dim),
+        ] {
+            if value == 0 {
+                return Err(Error::invalid("opt shape", format!("{field} must be positive")));
+            }
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return Err(Error::invalid(
+                "opt shape",
+                format!("init_std {} must be finite and not negative", self.init_std),
+            ));
+        }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::invalid(
                 "opt shape",
@@ -441,10 +477,29 @@ impl ScalePreset {
             if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
                 return Err(Error::invalid(name, format!("learning_rate {} must be positive", t.learning_rate)));
             }
+            for (field, value) in [("weight_decay", t.weight_decay), ("grad_clip", t.grad_clip)] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(Error::invalid(name, format!("{field} {value} must be finite and not negative")));
+                }
+            }
+            for (field, value) in [("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)] {
+                if !(0.0..1.0).contains(&value) {
+                    return Err(Error::invalid(name, format!("{field} {value} must be in [0, 1)")));
+                }
+            }
+            if !(t.adam_eps.is_finite() && t.adam_eps > 0.0) {
+                return Err(Error::invalid(name, format!("adam_eps {} must be a positive finite number", t.adam_eps)));
+            }
         }
         let eps = self.zeroth_order.zo_eps;
-        if eps.is_nan() || eps <= 0.0 {
-            return Err(Error::invalid("zeroth_order.zo_eps", "must be positive"));
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::invalid("zeroth_order.zo_eps", format!("{eps} must be a positive finite number")));
+        }
+        if self.data.dev_examples == 0 {
+            return Err(Error::invalid(
+                "data.dev_examples",
+                "must be positive: the dev split selects the checkpoint (train_examples and test_examples take 0 for the whole split)",
+            ));
         }
         if self.data.max_seq_len < 8 {
             return Err(Error::invalid("data.max_seq_len", "must be at least 8"));
@@ -461,6 +516,32 @@ impl ScalePreset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_that_cannot_run_are_refused_with_their_reason() {
+        let base = preset("tiny").unwrap();
+        type Edit = Box<dyn Fn(&mut ScalePreset)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("vocab_size must be positive", Box::new(|p| p.qwen3.vocab_size = 0)),
+            ("rope_theta -1 must be a positive finite number", Box::new(|p| p.qwen3.rope_theta = -1.0)),
+            ("rms_norm_eps NaN", Box::new(|p| p.qwen3.rms_norm_eps = f64::NAN)),
+            ("ffn_dim must be positive", Box::new(|p| p.opt.ffn_dim = 0)),
+            ("zo_eps", Box::new(|p| p.zeroth_order.zo_eps = f64::INFINITY)),
+            ("adam_beta2 1 must be in [0, 1)", Box::new(|p| p.first_order.adam_beta2 = 1.0)),
+            ("weight_decay -0.1", Box::new(|p| p.first_order.weight_decay = -0.1)),
+            ("data.dev_examples", Box::new(|p| p.data.dev_examples = 0)),
+        ];
+        for (needle, edit) in cases {
+            let mut p = base.clone();
+            edit(&mut p);
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let mut whole = base.clone();
+        whole.data.train_examples = 0;
+        whole.data.test_examples = 0;
+        whole.validate().expect("0 train/test examples means the whole split");
+    }
 
     #[test]
     fn every_preset_is_valid() {

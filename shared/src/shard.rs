@@ -56,6 +56,30 @@ pub struct Shard {
     pub dizo: Option<DizoSettings>,
 }
 
+impl Shard {
+    /// The id naming this shard's work (model, task, seed, settings) wherever it appears
+    /// in a matrix: the first 16 hex digits of the sha256 of its JSON with the run id and
+    /// the shard id written as empty strings and index 0 (the bytes every build has
+    /// hashed, so stored runs keep their ids). An agent checks a received shard against
+    /// it: a message corrupted or edited in transit would otherwise run other settings
+    /// under the id of the real shard.
+    pub fn content_id(&self) -> ShardId {
+        use sha2::Digest;
+        let unplaced = Shard { index: 0, ..self.clone() };
+        let json = serde_json::to_string(&unplaced).expect("a shard serialises to JSON");
+        // `run_id` and `shard_id` are the first two fields of `Shard`.
+        let written = format!(
+            "{{\"run_id\":{},\"shard_id\":{},",
+            serde_json::to_string(&self.run_id).expect("an id serialises"),
+            serde_json::to_string(&self.shard_id).expect("an id serialises")
+        );
+        let rest = json.strip_prefix(&written).expect("Shard starts with run_id and shard_id");
+        let hashed = format!("{{\"run_id\":\"\",\"shard_id\":\"\",{rest}");
+        let digest = hex::encode(sha2::Sha256::digest(hashed.as_bytes()));
+        ShardId::new(&digest[..16]).expect("16 hex digits are a valid id")
+    }
+}
+
 /// Lifecycle state of a shard as recorded in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,6 +249,10 @@ pub struct AgentHeartbeat {
     pub step: Option<u64>,
     /// Total steps of the current shard.
     pub total_steps: Option<u64>,
+    /// Unix seconds of the current shard's last progress (step, evaluation batch); the
+    /// heartbeat itself comes from the agent's timer, so a stalled worker shows here.
+    #[serde(default)]
+    pub progress_at: Option<f64>,
     /// Unix seconds when the agent started.
     pub started_at: f64,
     /// Unix seconds of this heartbeat.

@@ -25,6 +25,7 @@ use crate::scale::{self, ScalePreset};
 /// tasks = ["sst2"]
 /// seeds = [1, 2, 3]
 /// device = "cpu"                      # optional: the preset's device class otherwise
+/// rev_qwen3_from_qwen3 = false        # required `true` to start rev-qwen3 from [model_dir] qwen3
 /// [model_dir]
 /// opt = "/models/opt-1.3b"            # optional: start OPT methods from a checkpoint
 /// [preset.first_order]                # optional: override any preset field
@@ -47,6 +48,11 @@ pub struct SpecFile {
     pub device: Option<String>,
     /// Checkpoint directory per family (`qwen3`, `opt`), as seen from the agents.
     pub model_dir: Option<BTreeMap<String, String>>,
+    /// Initialise `rev-qwen3` from the `[model_dir] qwen3` checkpoint. Required (and only
+    /// allowed) when the spec lists rev-qwen3 with a Qwen3 checkpoint: the reversible
+    /// coupling computes a different function from the same weights, so this is a
+    /// warm start, not "the pretrained model".
+    pub rev_qwen3_from_qwen3: Option<bool>,
     /// Overrides merged into the scale preset (same structure as the preset).
     pub preset: Option<toml::Table>,
 }
@@ -94,6 +100,33 @@ pub enum ModelInit {
         /// Directory with `config.json` and safetensors weights.
         dir: String,
     },
+    /// A Qwen3 checkpoint loaded into Reversible Qwen3 (spec field
+    /// `rev_qwen3_from_qwen3 = true`). The parameter names and shapes match, but the
+    /// two-stream coupling computes a different function from them, so the shard starts
+    /// from the checkpoint's weights, not from its model; results record it.
+    #[serde(rename = "qwen3-checkpoint-in-rev-qwen3")]
+    Qwen3CheckpointInRevQwen3 {
+        /// Directory of the Qwen3 checkpoint.
+        dir: String,
+    },
+}
+
+impl ModelInit {
+    /// The checkpoint directory, if the weights come from one.
+    pub fn dir(&self) -> Option<&str> {
+        match self {
+            ModelInit::Random => None,
+            ModelInit::Pretrained { dir } | ModelInit::Qwen3CheckpointInRevQwen3 { dir } => Some(dir),
+        }
+    }
+
+    fn random() -> ModelInit {
+        ModelInit::Random
+    }
+
+    fn is_random(&self) -> bool {
+        *self == ModelInit::Random
+    }
 }
 
 /// A fully resolved benchmark: what the scheduler expands into shards.
@@ -115,6 +148,11 @@ pub struct BenchmarkSpec {
     pub qwen3_init: ModelInit,
     /// Weight source per family.
     pub opt_init: ModelInit,
+    /// Weight source of `rev-qwen3`: random, or the Qwen3 checkpoint when the spec says
+    /// `rev_qwen3_from_qwen3 = true`. Left out of the serialized spec when random, so
+    /// specs without it keep their hash.
+    #[serde(default = "ModelInit::random", skip_serializing_if = "ModelInit::is_random")]
+    pub rev_qwen3_init: ModelInit,
 }
 
 /// Defaults when neither file nor flags say otherwise.
@@ -128,20 +166,22 @@ impl BenchmarkSpec {
     /// The pretrained checkpoint directories the spec names (for agents run by the same
     /// user, these are the model roots to allow).
     pub fn model_dirs(&self) -> Vec<std::path::PathBuf> {
-        [&self.qwen3_init, &self.opt_init]
-            .into_iter()
-            .filter_map(|init| match init {
-                ModelInit::Pretrained { dir } => Some(std::path::PathBuf::from(dir)),
-                ModelInit::Random => None,
-            })
-            .collect()
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        for dir in [&self.qwen3_init, &self.opt_init, &self.rev_qwen3_init].into_iter().filter_map(ModelInit::dir) {
+            let dir = std::path::PathBuf::from(dir);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
     }
 
     /// Weight source for a model id.
     pub fn init_for(&self, model: ModelId) -> &ModelInit {
-        match model.family() {
-            Family::Qwen3 => &self.qwen3_init,
-            Family::Opt => &self.opt_init,
+        match (model, model.family()) {
+            (ModelId::RevQwen3, _) => &self.rev_qwen3_init,
+            (_, Family::Qwen3) => &self.qwen3_init,
+            (_, Family::Opt) => &self.opt_init,
         }
     }
 
@@ -289,6 +329,7 @@ impl SpecInput {
                 }
             }
         }
+        let rev_qwen3_init = rev_qwen3_init(&qwen3_init, f.rev_qwen3_from_qwen3, models.contains(&ModelId::RevQwen3))?;
         let name = f.name.unwrap_or_else(|| format!("{scale_name}-benchmark"));
         Ok(BenchmarkSpec {
             name,
@@ -299,7 +340,33 @@ impl SpecInput {
             device_class,
             qwen3_init,
             opt_init,
+            rev_qwen3_init,
         })
+    }
+}
+
+/// The weight source of `rev-qwen3`. A Qwen3 checkpoint computes a different function in
+/// the reversible coupling (the residual stream is split into two coupled streams), so
+/// starting rev-qwen3 from one must be asked for by name, never implied by `[model_dir]`.
+fn rev_qwen3_init(qwen3: &ModelInit, from_qwen3: Option<bool>, lists_rev: bool) -> Result<ModelInit, Error> {
+    match (qwen3, from_qwen3.unwrap_or(false)) {
+        (ModelInit::Pretrained { dir }, true) => Ok(ModelInit::Qwen3CheckpointInRevQwen3 { dir: dir.clone() }),
+        (ModelInit::Pretrained { dir }, false) if lists_rev => Err(Error::invalid(
+            "rev_qwen3_from_qwen3",
+            format!(
+                "the spec lists rev-qwen3 and names the Qwen3 checkpoint [model_dir] qwen3 = \"{dir}\", but \
+                 rev-qwen3 computes a different function from those weights (its two-stream reversible \
+                 coupling is not Qwen3's residual stack), so it would not start from the checkpoint's model; \
+                 set `rev_qwen3_from_qwen3 = true` at the top level of the spec to initialise it from the \
+                 checkpoint's weights anyway (results record it), or drop rev-qwen3 from `models`"
+            ),
+        )),
+        (ModelInit::Pretrained { .. }, false) => Ok(ModelInit::Random),
+        (_, true) => Err(Error::invalid(
+            "rev_qwen3_from_qwen3",
+            "is true but the spec names no Qwen3 checkpoint ([model_dir] qwen3 = \"/path\")",
+        )),
+        (_, false) => Ok(ModelInit::Random),
     }
 }
 
@@ -400,5 +467,39 @@ mod tests {
         assert_eq!(spec.model_dirs(), vec![std::path::PathBuf::from("/m/opt-1.3b")]);
         let err = input("[model_dir]\nopt = \"models/opt\"").resolve().unwrap_err().to_string();
         assert!(err.contains("not an absolute path"), "{err}");
+    }
+
+    /// A Qwen3 checkpoint with rev-qwen3 listed is refused unless the spec says
+    /// `rev_qwen3_from_qwen3 = true`; the message says why and names the field.
+    #[test]
+    fn rev_qwen3_from_a_qwen3_checkpoint_needs_the_explicit_field() {
+        let dir = "[model_dir]\nqwen3 = \"/m/qwen3-0.6b\"\n";
+        let err = input(&format!("models = [\"qwen3\", \"rev-qwen3\"]\n{dir}")).resolve().unwrap_err().to_string();
+        assert!(err.contains("rev_qwen3_from_qwen3 = true") && err.contains("different function"), "{err}");
+        // Every model by default includes rev-qwen3: refused too.
+        assert!(input(dir).resolve().is_err());
+
+        let spec = input(&format!("rev_qwen3_from_qwen3 = true\nmodels = [\"qwen3\", \"rev-qwen3\"]\n{dir}"))
+            .resolve()
+            .unwrap();
+        let qwen3 = ModelInit::Pretrained { dir: "/m/qwen3-0.6b".into() };
+        assert_eq!(spec.init_for(ModelId::Qwen3), &qwen3);
+        assert_eq!(spec.init_for(ModelId::Qwen3Ckpt), &qwen3);
+        let rev = spec.init_for(ModelId::RevQwen3);
+        assert_eq!(rev, &ModelInit::Qwen3CheckpointInRevQwen3 { dir: "/m/qwen3-0.6b".into() });
+        // The shard carries it under `init`, so every result's config shows it.
+        let json = serde_json::to_value(rev).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "qwen3-checkpoint-in-rev-qwen3", "dir": "/m/qwen3-0.6b"}));
+        assert_eq!(serde_json::from_value::<ModelInit>(json).unwrap(), *rev);
+        assert_eq!(spec.model_dirs(), vec![std::path::PathBuf::from("/m/qwen3-0.6b")]);
+
+        // Without rev-qwen3 the checkpoint needs no field; the field without a checkpoint is refused.
+        let spec = input(&format!("models = [\"qwen3\", \"qwen3-ckpt\"]\n{dir}")).resolve().unwrap();
+        assert_eq!(spec.init_for(ModelId::RevQwen3), &ModelInit::Random);
+        let err = input("rev_qwen3_from_qwen3 = true").resolve().unwrap_err().to_string();
+        assert!(err.contains("rev_qwen3_from_qwen3") && err.contains("no Qwen3 checkpoint"), "{err}");
+        // A random-init spec serializes as before (no new key: its hash is unchanged).
+        let plain = serde_json::to_value(SpecInput::default().resolve().unwrap()).unwrap();
+        assert!(plain.get("rev_qwen3_init").is_none());
     }
 }

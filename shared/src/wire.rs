@@ -158,6 +158,18 @@ mod tests {
     }
 
     #[test]
+    fn content_id_names_the_work_not_the_run_or_position() {
+        let shard = sample_shard();
+        let id = shard.content_id();
+        let elsewhere =
+            Shard { run_id: crate::RunId::new("r-other").unwrap(), index: 7, shard_id: id.clone(), ..shard.clone() };
+        assert_eq!(elsewhere.content_id(), id);
+        let mut edited = shard.clone();
+        edited.train.learning_rate *= 2.0;
+        assert_ne!(edited.content_id(), id);
+    }
+
+    #[test]
     fn size_limit() {
         let err = decode_shard(&golden(), 16).unwrap_err();
         assert!(matches!(err, Error::TooLarge { limit: 16, .. }), "{err}");

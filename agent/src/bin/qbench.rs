@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! qbench qwen3-depth --device cpu|cuda:N [--depths 2,4,8,16,28] [--batch 8 --seq 512] [--head cls|lm]
-//!                    [--models qwen3,rev-qwen3] [--precision fp32|bf16] [--steps 5 --warmup 2] ...
+//!                    [--models qwen3,qwen3-ckpt,rev-qwen3] [--precision fp32|bf16] [--steps 5 --warmup 2] ...
 //! qbench zo-opt      --device cpu|cuda:N [--batch 16 --seq 256] [--methods inference,mezo,dizo,ft]
 //!                    [--precision fp32|bf16] [--weights fp32|fp16] [--steps 5 --warmup 2] ...
+//! qbench rev-grad-error --device cpu|cuda:N --data-dir DIR [--depths 2,4,8,12,28] [--batch 4 --seq 512]
+//!                    [--precisions fp32,bf16] [--train-steps 0] [--hidden 1024 ...] [--seed 0]
 //! ```
 //!
 //! Defaults are the `large` preset's shapes (Qwen3-0.6B, OPT-1.3b). Prints one JSON object
@@ -18,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use agent::bench::{self, Head, Precision, QwenModel, Weights, ZoMethod};
 use shared::DeviceSpec;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(name = "qbench", version, about = "qsched benchmark harness: JSON lines on stdout")]
@@ -50,15 +53,23 @@ struct Common {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Qwen3 vs Reversible Qwen3 training step over depth (Qwen3-0.6B width).
+    /// Qwen3 vs checkpointed Qwen3 vs Reversible Qwen3 training step over depth
+    /// (Qwen3-0.6B width): peak memory split into static, gradients and activations.
     Qwen3Depth(Qwen3Depth),
     /// Zeroth-order OPT: inference vs MeZO vs DiZO vs AdamW FT (OPT-1.3b shape).
     ZoOpt(ZoOpt),
+    /// Reversible Qwen3: per-parameter-group gradient error of the reconstruction
+    /// backward and of plain autograd against fp64 autograd, over depth and precision.
+    RevGradError(RevGradError),
 }
 
 // Flag defaults are read from the library's `Default` impls, the one place they are set.
 fn qwen3_default() -> bench::Qwen3DepthArgs {
     bench::Qwen3DepthArgs::default()
+}
+
+fn rev_default() -> bench::RevGradErrorArgs {
+    bench::RevGradErrorArgs::default()
 }
 
 fn zo_default() -> bench::ZoOptArgs {
@@ -91,7 +102,8 @@ struct Qwen3Depth {
     /// `cls` (2-label classification, last token) or `lm` (next-token loss, all positions).
     #[arg(long, value_enum, default_value_t = qwen3_default().head)]
     head: Head,
-    /// Models to sweep.
+    /// Models to sweep: qwen3 (autograd), qwen3-ckpt (per-layer checkpointing),
+    /// rev-qwen3 (reconstruction); each calls the model's own backward.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = qwen3_default().models)]
     models: Vec<QwenModel>,
     #[arg(long, default_value_t = qwen3_default().lr)]
@@ -124,6 +136,79 @@ impl Qwen3Depth {
             weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
             seed: self.common.seed,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct RevGradError {
+    /// Device: `cpu` or `cuda:N` (never falls back).
+    #[arg(long)]
+    device: DeviceSpec,
+    /// Data directory holding `glue/SST-2/train.tsv` and `tokenizers/qwen`.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Layer counts.
+    #[arg(long, value_delimiter = ',', default_values_t = rev_default().depths)]
+    depths: Vec<i64>,
+    /// Precisions of the measured backwards (bf16 = autocast, CUDA only); the reference is fp64.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = rev_default().precisions)]
+    precisions: Vec<Precision>,
+    #[arg(long, default_value_t = rev_default().shape.hidden)]
+    hidden: i64,
+    #[arg(long, default_value_t = rev_default().shape.heads)]
+    heads: i64,
+    #[arg(long, default_value_t = rev_default().shape.kv_heads)]
+    kv_heads: i64,
+    #[arg(long, default_value_t = rev_default().shape.head_dim)]
+    head_dim: i64,
+    #[arg(long, default_value_t = rev_default().shape.intermediate)]
+    intermediate: i64,
+    /// Embedding rows; must cover the Qwen tokenizer (151,646).
+    #[arg(long, default_value_t = rev_default().shape.vocab)]
+    vocab: i64,
+    #[arg(long, default_value_t = rev_default().batch)]
+    batch: i64,
+    #[arg(long, default_value_t = rev_default().seq)]
+    seq: i64,
+    /// AdamW steps (fp32, reconstruction backward) before measuring.
+    #[arg(long, default_value_t = rev_default().train_steps)]
+    train_steps: usize,
+    #[arg(long, default_value_t = rev_default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = rev_default().weight_decay)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = rev_default().grad_clip)]
+    grad_clip: f64,
+    /// Intra-op CPU threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl RevGradError {
+    fn into_args(self) -> bench::RevGradErrorArgs {
+        bench::RevGradErrorArgs {
+            depths: self.depths,
+            shape: bench::Qwen3Shape {
+                hidden: self.hidden,
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                head_dim: self.head_dim,
+                intermediate: self.intermediate,
+                vocab: self.vocab,
+            },
+            batch: self.batch,
+            seq: self.seq,
+            precisions: self.precisions,
+            data_dir: self.data_dir,
+            train_steps: self.train_steps,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            seed: self.seed,
         }
     }
 }
@@ -235,6 +320,13 @@ fn run(cli: Cli) -> agent::Result<bench::Outcome> {
         Command::ZoOpt(cmd) => {
             let pinned = setup(&cmd.common)?;
             bench::run_zo_opt(&pinned, &cmd.into_args(), &mut print)
+        }
+        Command::RevGradError(cmd) => {
+            if cmd.threads > 0 {
+                tch::set_num_threads(cmd.threads);
+            }
+            let pinned = agent::device::pin(cmd.device)?;
+            bench::run_rev_grad_error(&pinned, &cmd.into_args(), &mut print)
         }
     }
 }

@@ -365,3 +365,19 @@ pub enum TokenIds {
 pub(crate) fn ensure(cond: bool, field: &str, message: impl Into<String>) -> Result<()> {
     if cond { Ok(()) } else { Err(Error::config(field, message)) }
 }
+
+/// Accumulates `Jᵀ·grad` into every leaf `out` depends on (a vector–Jacobian product; the
+/// recomputing backwards call it once per block). `grad` is cast to `out`'s kind.
+pub(crate) fn vjp(out: &Tensor, grad: &Tensor) -> Result<()> {
+    if grad.kind() == out.kind() {
+        crate::ffi::backward_with_grad(out, grad)
+    } else {
+        crate::ffi::backward_with_grad(out, &grad.f_to_kind(out.kind())?)
+    }
+}
+
+/// The gradient a leaf received, or zeros if the loss did not depend on it.
+pub(crate) fn grad_or_zeros(leaf: &Tensor) -> Result<Tensor> {
+    let g = leaf.f_grad()?;
+    if g.defined() { Ok(g.f_detach()?) } else { Ok(leaf.f_zeros_like()?) }
+}

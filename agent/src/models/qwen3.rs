@@ -6,6 +6,9 @@
 //! (RMSNorm, rotary embedding, QK-normed grouped-query attention, SwiGLU MLP, decoder
 //! layer). The blocks are `pub(crate)` so the reversible variant (`rev_qwen3`) reuses
 //! them. Checkpoint I/O lives in `hf`; device choice lives with the caller (`p.device()`).
+//! It also owns the `qwen3-ckpt` training step, per-layer activation checkpointing
+//! (`backward_checkpointed`): the same network and gradients as autograd through
+//! `forward`, with each layer's input stored and the layer recomputed in the backward.
 //!
 //! Deviation from HF, on purpose: rows of the attention mask that would be fully masked
 //! (left-padding positions) attend to themselves instead of producing kernel-dependent
@@ -17,7 +20,7 @@ use tch::{Kind, Tensor, nn};
 
 use super::common::{
     AttnMask, CheckedInputs, HfFields, Linear, TokenIds, attention, check_inputs, embedding_var, ensure,
-    gather_positions, last_non_pad_index, norm_compute_kind, padding_idx_arg,
+    gather_positions, grad_or_zeros, last_non_pad_index, norm_compute_kind, padding_idx_arg, vjp,
 };
 use crate::{Error, Result};
 
@@ -559,6 +562,61 @@ impl Qwen3Model {
         Ok((self.norm.forward(&h)?, inputs))
     }
 
+    /// Per-layer activation checkpointing; `head` maps final-normed hidden states to
+    /// the head's output. Computes `loss = loss_fn(head(norm(layers(embed(ids)))))` and
+    /// accumulates into every parameter's `.grad()` what `loss.backward()` would, while
+    /// keeping only each layer's input (`L × B × T × hidden` values) plus one layer's
+    /// graph at a time. Returns the detached loss.
+    pub(crate) fn backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        head: &dyn Fn(&Tensor, &CheckedInputs) -> Result<Tensor>,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        // 1. Shared inputs (mask, RoPE tables) once for the forward and every recompute.
+        let (inputs, li) = self.prepare(ids, mask)?;
+
+        // 2. Forward without a graph, storing each layer's input (the checkpoints).
+        let mut checkpoints: Vec<Tensor> = Vec::with_capacity(self.layers.len());
+        let mut h = tch::no_grad(|| self.embed(&inputs.ids))?;
+        for layer in &self.layers {
+            let next = tch::no_grad(|| layer.forward(&h, &li))?;
+            checkpoints.push(h);
+            h = next;
+            // Autocast caches low-precision weight copies per layer; without this every
+            // layer's copies would stay alive for the whole step and grow with depth.
+            crate::ffi::autocast_clear_cache();
+        }
+
+        // 3. Final norm, head and loss with grad on a leaf holding the last layer's
+        //    output: the norm and head accumulate their gradients, the leaf receives dL/dh.
+        let leaf = h.f_detach()?.f_set_requires_grad(true)?;
+        drop(h);
+        let loss = tch::with_grad(|| -> Result<Tensor> { loss_fn(&head(&self.norm.forward(&leaf)?, &inputs)?) })?;
+        loss.f_backward()?;
+        let mut grad = grad_or_zeros(&leaf)?;
+        drop(leaf);
+
+        // 4. Layers in reverse: recompute the layer with grad from its checkpoint and
+        //    backpropagate dL/d(output) as a vector–Jacobian product. The checkpoint is
+        //    freed as soon as its layer is done, so memory falls as the backward proceeds.
+        for (layer, x) in self.layers.iter().zip(checkpoints).rev() {
+            let x_leaf = x.f_detach()?.f_set_requires_grad(true)?;
+            drop(x);
+            let out = tch::with_grad(|| layer.forward(&x_leaf, &li))?;
+            vjp(&out, &grad)?;
+            drop(out);
+            grad = grad_or_zeros(&x_leaf)?;
+            crate::ffi::autocast_clear_cache();
+        }
+
+        // 5. Embedding (also the tied LM head: both gradients accumulate in one .grad).
+        let emb = tch::with_grad(|| self.embed(&inputs.ids))?;
+        vjp(&emb, &grad)?;
+        Ok(loss.f_detach()?)
+    }
+
     /// Backbone parameters in HF order: embed_tokens, layers.{i}.*, norm.
     pub(crate) fn push_params(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         out.push((format!("{prefix}.embed_tokens.weight"), self.embed_tokens.shallow_clone()));
@@ -603,6 +661,21 @@ impl Qwen3ForCausalLM {
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (hidden, _) = self.model.forward(input_ids, attention_mask)?;
         lm_logits(&hidden, &self.model.embed_tokens, self.lm_head.as_ref())
+    }
+
+    /// Training step with per-layer activation checkpointing (method `qwen3-ckpt`):
+    /// computes `loss = loss_fn(logits)` and accumulates into every parameter's
+    /// `.grad()` what `loss.backward()` on [`Self::forward`] would, storing only each
+    /// layer's input and recomputing the layer in the backward. Returns the detached loss.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let head =
+            |hidden: &Tensor, _: &CheckedInputs| lm_logits(hidden, &self.model.embed_tokens, self.lm_head.as_ref());
+        self.model.backward_checkpointed(input_ids, attention_mask, &head, loss_fn)
     }
 
     /// Trainable tensors with HF names in HF `named_parameters()` order (a tied
@@ -659,6 +732,20 @@ impl Qwen3ForSequenceClassification {
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (hidden, inputs) = self.model.forward(input_ids, attention_mask)?;
         classify(&hidden, &inputs.ids, self.pad_token_id, &self.score)
+    }
+
+    /// Training step with per-layer activation checkpointing (see
+    /// [`Qwen3ForCausalLM::backward_checkpointed`]); `loss_fn` maps `[B, num_labels]`
+    /// scores to the loss.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let head =
+            |hidden: &Tensor, inputs: &CheckedInputs| classify(hidden, &inputs.ids, self.pad_token_id, &self.score);
+        self.model.backward_checkpointed(input_ids, attention_mask, &head, loss_fn)
     }
 
     /// Trainable tensors with HF names in HF order: `model.*`, then `score.weight`.
@@ -943,6 +1030,177 @@ mod tests {
         assert!(m.forward(&ids, &rows(&[&[1, 1]])).is_err());
         assert!(m.forward(&ids, &rows(&[&[1, 2, 1]])).is_err());
         assert!(m.forward(&ids.to_kind(Kind::Float), &ones_like(&ids)).is_err());
+    }
+
+    // --- qwen3-ckpt: per-layer activation checkpointing -----------------------------
+
+    /// A full row, a right-padded row and a left-padded row (pad id 0).
+    fn padded_batch() -> (Tensor, Tensor) {
+        let ids = rows(&[&[5, 9, 13, 2, 40, 7, 22], &[3, 8, 60, 11, 0, 0, 0], &[0, 0, 17, 4, 33, 51, 6]]);
+        let mask = rows(&[&[1, 1, 1, 1, 1, 1, 1], &[1, 1, 1, 1, 0, 0, 0], &[0, 0, 1, 1, 1, 1, 1]]);
+        (ids, mask)
+    }
+
+    fn layers(n: i64, tied: bool) -> Config {
+        let mut cfg = tiny_qwen3(tied);
+        cfg.num_hidden_layers = n;
+        cfg
+    }
+
+    fn clear(params: &[(String, Tensor)]) {
+        for (_, t) in params {
+            t.shallow_clone().zero_grad();
+        }
+    }
+
+    fn grads_of(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        params.iter().map(|(n, t)| (n.clone(), t.grad().detach().copy())).collect()
+    }
+
+    /// Worst over parameters of max |a − b| / max |b|; every gradient must exist and be
+    /// nonzero (so a parameter the checkpointed backward forgot cannot pass as 0 = 0).
+    fn worst_relative(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> (f64, String) {
+        assert_eq!(ours.len(), reference.len());
+        let mut worst = (0.0, String::new());
+        for ((n, a), (m, b)) in ours.iter().zip(reference) {
+            assert_eq!(n, m);
+            assert!(a.defined() && b.defined(), "{n}: gradient missing");
+            let scale = b.abs().max().double_value(&[]);
+            assert!(scale > 0.0, "{n}: zero reference gradient");
+            let rel = max_abs(a, b) / scale;
+            if rel > worst.0 {
+                worst = (rel, n.clone());
+            }
+        }
+        worst
+    }
+
+    /// Next-token cross-entropy over real positions (pads ignored), in the logits' kind.
+    fn lm_loss(ids: &Tensor, mask: &Tensor) -> impl FnMut(&Tensor) -> Result<Tensor> + 'static {
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let next = Tensor::cat(&[ids.narrow(1, 1, t - 1), Tensor::full([b, 1], -100, (Kind::Int64, Device::Cpu))], 1);
+        let real = Tensor::cat(&[mask.narrow(1, 1, t - 1), Tensor::zeros([b, 1], (Kind::Int64, Device::Cpu))], 1);
+        let targets = next.where_scalarother(&real.ne(0), -100).view([-1]);
+        move |logits: &Tensor| {
+            let v = logits.size()[2];
+            Ok(logits.f_view([-1, v])?.f_cross_entropy_loss(
+                &targets,
+                None::<Tensor>,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )?)
+        }
+    }
+
+    /// Plain autograd through `forward` vs `backward_checkpointed`, LM head, padded
+    /// batch; returns the worst relative gradient error.
+    fn compare_lm(kind: Kind, tied: bool) -> f64 {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let m = Qwen3ForCausalLM::new(&vs.root(), &layers(4, tied)).unwrap();
+        vs.set_kind(kind);
+        let params = m.named_parameters();
+        randomize(&params, 31);
+        let (ids, mask) = padded_batch();
+
+        clear(&params);
+        let loss_ref = lm_loss(&ids, &mask)(&m.forward(&ids, &mask).unwrap()).unwrap();
+        loss_ref.backward();
+        let reference = grads_of(&params);
+
+        clear(&params);
+        let loss = m.backward_checkpointed(&ids, &mask, &mut lm_loss(&ids, &mask)).unwrap();
+        assert!(!loss.requires_grad());
+        assert_eq!(loss.double_value(&[]), loss_ref.double_value(&[]), "the forward is the same computation");
+        let (worst, name) = worst_relative(&grads_of(&params), &reference);
+        eprintln!("qwen3-ckpt lm {kind:?} tied={tied}: worst relative gradient error {worst:.2e} ({name})");
+        worst
+    }
+
+    /// Tolerances: the checkpointed backward runs the same kernels on the same inputs as
+    /// autograd (the recomputed layer sees the stored input bit for bit on CPU) and only
+    /// regroups the accumulation of the residual and tied-embedding gradients, so it can
+    /// differ by rounding alone: a few ulps of the kind, amplified by at most the depth
+    /// of the network (4 layers). 1e-12 in fp64 (ulp 2.2e-16) and 1e-5 in fp32 (ulp
+    /// 1.2e-7) leave two to three orders of magnitude of margin for that, and are far
+    /// below what a wrong gradient (a missed term, a wrong layer) gives: O(1).
+    const FP64_TOL: f64 = 1e-12;
+    const FP32_TOL: f64 = 1e-5;
+
+    #[test]
+    fn checkpointed_lm_gradients_match_autograd_fp64_and_fp32() {
+        let _rng = rng_guard();
+        for tied in [true, false] {
+            assert!(compare_lm(Kind::Double, tied) <= FP64_TOL);
+            assert!(compare_lm(Kind::Float, tied) <= FP32_TOL);
+        }
+    }
+
+    /// Classification (cross-entropy, 3 labels) and regression (MSE, 1 label) heads on a
+    /// padded batch, fp64 and fp32; also: called inside `no_grad` (the step must enable
+    /// grad itself) and a second call adds to the gradients like `loss.backward()`.
+    #[test]
+    fn checkpointed_classification_gradients_match_autograd_and_accumulate() {
+        let _rng = rng_guard();
+        for (kind, tol) in [(Kind::Double, FP64_TOL), (Kind::Float, FP32_TOL)] {
+            for labels in [3i64, 1] {
+                let mut vs = nn::VarStore::new(Device::Cpu);
+                let m = Qwen3ForSequenceClassification::new(&vs.root(), &layers(4, false), labels, 0).unwrap();
+                vs.set_kind(kind);
+                let params = m.named_parameters();
+                randomize(&params, 32);
+                let (ids, mask) = padded_batch();
+                let loss_of = |out: &Tensor| -> Result<Tensor> {
+                    if labels == 1 {
+                        let target = Tensor::from_slice(&[0.5, -1.0, 2.0]).to_kind(kind).view([3, 1]);
+                        Ok(out.f_mse_loss(&target, tch::Reduction::Mean)?)
+                    } else {
+                        let target = Tensor::from_slice(&[2i64, 0, 1]);
+                        Ok(out.f_cross_entropy_loss(&target, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?)
+                    }
+                };
+
+                clear(&params);
+                loss_of(&m.forward(&ids, &mask).unwrap()).unwrap().backward();
+                let reference = grads_of(&params);
+
+                clear(&params);
+                let _ = tch::no_grad(|| m.backward_checkpointed(&ids, &mask, &mut |o| loss_of(o))).unwrap();
+                let (worst, name) = worst_relative(&grads_of(&params), &reference);
+                eprintln!(
+                    "qwen3-ckpt cls {kind:?} labels={labels}: worst relative gradient error {worst:.2e} ({name})"
+                );
+                assert!(worst <= tol, "{name}: {worst:e} > {tol:e}");
+
+                let _ = m.backward_checkpointed(&ids, &mask, &mut |o| loss_of(o)).unwrap();
+                let doubled: Vec<(String, Tensor)> = reference.iter().map(|(n, g)| (n.clone(), g * 2.0)).collect();
+                let (worst, name) = worst_relative(&grads_of(&params), &doubled);
+                assert!(worst <= tol, "accumulation: {name}: {worst:e}");
+            }
+        }
+    }
+
+    /// The padding row of the embedding gets no gradient, as in autograd (padding_idx).
+    #[test]
+    fn checkpointed_backward_keeps_the_padding_row_frozen_and_needs_a_scalar_loss() {
+        let _rng = rng_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Qwen3ForSequenceClassification::new(&vs.root(), &layers(2, false), 2, 0).unwrap();
+        let params = m.named_parameters();
+        randomize(&params, 33);
+        let (ids, mask) = padded_batch();
+        let target = Tensor::from_slice(&[1i64, 0, 1]);
+        clear(&params);
+        let _ = m
+            .backward_checkpointed(&ids, &mask, &mut |o| {
+                Ok(o.f_cross_entropy_loss(&target, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?)
+            })
+            .unwrap();
+        let embed = params[0].1.grad();
+        assert_eq!(embed.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0, "pad row must get no gradient");
+        assert!(embed.get(5).abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // A non-scalar loss is libtorch's error, not a silent sum.
+        assert!(m.backward_checkpointed(&ids, &mask, &mut |o| Ok(o.shallow_clone())).is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@
 
 use tch::{Kind, Tensor, nn};
 
-use super::common::{CheckedInputs, Linear, ensure};
+use super::common::{CheckedInputs, Linear, ensure, grad_or_zeros, vjp};
 use super::qwen3::{self, Config, DecoderLayer, LayerInputs, Qwen3Model};
 use crate::{Error, Result};
 
@@ -94,8 +94,10 @@ impl Grid {
     /// `q(v) = round(v · 2³²)` as int64, after casting `v` to the model's kind (exact
     /// for bf16 outputs; scaling by a power of two is exact in binary floating point).
     fn q(&self, v: &Tensor) -> Result<Tensor> {
-        let scaled = v.f_detach()?.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(STREAM_FRACTION_BITS))?;
-        Ok(scaled.f_round()?.f_to_kind(Kind::Int64)?)
+        // One float temporary, rounded in place (the backward's peak memory counts it).
+        let mut scaled = v.f_detach()?.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(STREAM_FRACTION_BITS))?;
+        let _ = scaled.f_round_()?;
+        Ok(scaled.f_to_kind(Kind::Int64)?)
     }
 
     /// `dq(n) = n · 2⁻³²` in the model's kind (no graph: callers attach one).
@@ -259,18 +261,22 @@ impl RevQwen3Model {
         //    Only one branch's graph is alive at a time.
         for (i, layer) in self.inner.layers.iter().enumerate().rev() {
             // 4a. G: y2 = x2 + q(G(y1))  ⇒  x2 = y2 − q(G(y1));  dL/dy1 += J_Gᵀ · dL/dy2.
+            // The streams and gradients are updated in place: the stored outputs become the
+            // block's inputs without a second copy alive (the final streams are fresh
+            // tensors of the forward, aliased by nothing else).
             let (g_out, y1_leaf) = run_branch(&grid, &y1, &mlp(layer))?;
-            let x2 = y2.f_sub(&grid.q(&g_out)?)?;
+            let mut x2 = y2;
+            let _ = x2.f_sub_(&grid.q(&g_out)?)?;
             vjp(&g_out, &g2)?;
-            let g1_total = g1.f_add(&grad_or_zeros(&y1_leaf)?)?;
-            drop((g_out, y1_leaf, y2));
+            let _ = g1.f_add_(&grad_or_zeros(&y1_leaf)?)?;
+            drop((g_out, y1_leaf));
 
             // 4b. F: y1 = x1 + q(F(x2))  ⇒  x1 = y1 − q(F(x2));  dL/dx2 = dL/dy2 + J_Fᵀ · dL/dy1.
             let (f_out, x2_leaf) = run_branch(&grid, &x2, &attn(layer, &li))?;
-            let x1 = y1.f_sub(&grid.q(&f_out)?)?;
-            vjp(&f_out, &g1_total)?;
-            g2 = g2.f_add(&grad_or_zeros(&x2_leaf)?)?;
-            g1 = g1_total;
+            let mut x1 = y1;
+            let _ = x1.f_sub_(&grid.q(&f_out)?)?;
+            vjp(&f_out, &g1)?;
+            let _ = g2.f_add_(&grad_or_zeros(&x2_leaf)?)?;
             drop((f_out, x2_leaf));
 
             if let (Some(report), Some(stored)) = (probe.as_mut(), stored.as_mut()) {
@@ -281,9 +287,14 @@ impl RevQwen3Model {
             crate::ffi::autocast_clear_cache();
         }
 
-        // 5. Both streams started as q(embedding): dL/dh = dL/dx1 + dL/dx2.
+        // 5. Both streams started as q(embedding): dL/dh = dL/dx1 + dL/dx2. The streams are
+        //    no longer needed; freeing them first keeps them out of the peak, which falls
+        //    here (the embedding's gradient is the largest).
+        drop((y1, y2));
+        let _ = g1.f_add_(&g2)?;
+        drop(g2);
         let emb = tch::with_grad(|| self.inner.embed(&inputs.ids))?;
-        vjp(&emb, &g1.f_add(&g2)?)?;
+        vjp(&emb, &g1)?;
         Ok(loss.f_detach()?)
     }
 }
@@ -316,19 +327,6 @@ impl LayerReconstruction {
             x2_max_abs_error: e2,
         })
     }
-}
-
-/// Accumulates `Jᵀ·grad` into every leaf `out` depends on, by backpropagating the
-/// surrogate `(out · grad).sum()` (tch's `run_backward` takes no output gradients).
-fn vjp(out: &Tensor, grad: &Tensor) -> Result<()> {
-    let surrogate = tch::with_grad(|| out.f_mul(grad)?.f_sum(None::<tch::Kind>))?;
-    Ok(surrogate.f_backward()?)
-}
-
-/// The gradient a leaf received, or zeros if the loss did not depend on it.
-fn grad_or_zeros(leaf: &Tensor) -> Result<Tensor> {
-    let g = leaf.f_grad()?;
-    if g.defined() { Ok(g.f_detach()?) } else { Ok(leaf.f_zeros_like()?) }
 }
 
 /// The parameter group a Qwen3 parameter's gradient is reported under: `embedding`,
@@ -761,9 +759,9 @@ mod tests {
         move |logits: &Tensor| {
             let (b, t, v) = (logits.size()[0], logits.size()[1], logits.size()[2]);
             let next =
-                Tensor::cat(&[ids.narrow(1, 1, t - 1), Tensor::full([b, 1], -100, (Kind::Int64, Device::Cpu))], 1);
+                Tensor::cat(&[ids.narrow(1, 1, t - 1), Tensor::full([b, 1], -100, (Kind::Int64, ids.device()))], 1);
             let next_real =
-                Tensor::cat(&[mask.narrow(1, 1, t - 1), Tensor::zeros([b, 1], (Kind::Int64, Device::Cpu))], 1);
+                Tensor::cat(&[mask.narrow(1, 1, t - 1), Tensor::zeros([b, 1], (Kind::Int64, mask.device()))], 1);
             let targets = next.where_scalarother(&next_real.ne(0), -100).view([-1]);
             let logits =
                 if logits.kind() == Kind::Double { logits.shallow_clone() } else { logits.to_kind(Kind::Float) };
@@ -839,5 +837,62 @@ mod tests {
         let (ids, mask) = batch();
         let e = m.backward_by_reconstruction(&ids, &mask, &mut |l| Ok(l.shallow_clone())).unwrap_err();
         assert!(e.to_string().contains("scalar"), "{e}");
+    }
+
+    /// The exactness test on a GPU (`--features cuda-tests`, on a CUDA host), at the
+    /// `small` width and 12 layers, in fp32 and under bf16 autocast: every block input is
+    /// reconstructed bit for bit, and every parameter group's gradient error is within
+    /// 1.5× of plain autograd's in the same precision (both against fp64 autograd of the
+    /// same network on the GPU).
+    #[cfg(feature = "cuda-tests")]
+    #[test]
+    fn cuda_reconstruction_is_exact_in_fp32_and_bf16() {
+        let _rng = rng_guard();
+        let pinned = crate::device::pin(shared::DeviceSpec::Cuda(0)).unwrap();
+        let device = pinned.device;
+        tch::manual_seed(21);
+        let cfg = preset_config(12);
+        let vs32 = nn::VarStore::new(device);
+        let m32 = RevQwen3ForCausalLM::new(&vs32.root(), &cfg).unwrap();
+        let mut vs64 = nn::VarStore::new(device);
+        let m64 = RevQwen3ForCausalLM::new(&vs64.root(), &cfg).unwrap();
+        vs64.copy(&vs32).unwrap();
+        vs64.double();
+        let ids = Tensor::randint_low(1, cfg.vocab_size, [4, 256], (Kind::Int64, device));
+        let mask = Tensor::ones([4, 256], (Kind::Int64, device));
+        let _ = mask.get(1).narrow(0, 200, 56).fill_(0);
+        let p64 = m64.named_parameters();
+        zero_grads(&p64);
+        next_token_loss(&ids, &mask)(&m64.forward(&ids, &mask).unwrap()).unwrap().backward();
+        let reference = grads(&p64);
+        pinned.set_autocast_bf16().unwrap();
+        let mut failures = Vec::new();
+        for autocast in [false, true] {
+            let p32 = m32.named_parameters();
+            zero_grads(&p32);
+            tch::autocast(autocast, || {
+                next_token_loss(&ids, &mask)(&m32.forward(&ids, &mask).unwrap()).unwrap().backward()
+            });
+            let plain = grads(&p32);
+            zero_grads(&p32);
+            let (_, report) = tch::autocast(autocast, || {
+                m32.backward_by_reconstruction_checked(&ids, &mask, &mut next_token_loss(&ids, &mask)).unwrap()
+            });
+            let rev = grads(&p32);
+            let label = if autocast { "bf16 autocast" } else { "fp32" };
+            let plain_err = group_relative_errors(&plain, &reference).unwrap();
+            let rev_err = group_relative_errors(&rev, &reference).unwrap();
+            for ((group, p), (_, r)) in plain_err.iter().zip(&rev_err) {
+                eprintln!("{label} {group:>22}: reconstruction {r:.3e}  autograd {p:.3e}  ratio {:.2}", r / p);
+                if r.is_nan() || *r > 1.5 * p {
+                    failures.push(format!("{label} {group}: {r:.3e} > 1.5 × {p:.3e}"));
+                }
+            }
+            assert_eq!(report.len(), 12);
+            for l in report.iter().filter(|l| !l.bit_identical) {
+                failures.push(format!("{label}: layer {} inputs not reconstructed bit for bit", l.layer));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

@@ -89,7 +89,7 @@ fn encode_split(
 
 /// The training method with its state.
 enum Method {
-    /// AdamW with backprop (reconstruction for the reversible model).
+    /// AdamW with backprop (reconstruction for rev-qwen3, layer recomputation for qwen3-ckpt).
     FirstOrder(AdamW),
     /// MeZO, optionally with DiZO's projection.
     ZerothOrder { params: Vec<(String, Tensor)>, dizo: Option<zo::Dizo> },
@@ -129,7 +129,9 @@ pub fn run_shard(
     // A pretrained checkpoint is read only from inside the operator's model roots.
     let pretrained = match &shard.init {
         shared::spec::ModelInit::Random => None,
-        shared::spec::ModelInit::Pretrained { dir } => Some(crate::confine::model_dir(dir, &request.model_roots)?),
+        shared::spec::ModelInit::Pretrained { dir } | shared::spec::ModelInit::Qwen3CheckpointInRevQwen3 { dir } => {
+            Some(crate::confine::model_dir(dir, &request.model_roots)?)
+        }
     };
 
     // 1. Data: the task's real files, split by the shard seed.
@@ -164,6 +166,7 @@ pub fn run_shard(
             format!("empty split: train {}, dev {}, test {}", train.len(), dev.len(), test.len()),
         ));
     }
+    sink.alive(0)?;
     let dev = EvalSplit { data: dev, groups: groups_of(&splits.dev) };
     let test = EvalSplit { data: test, groups: groups_of(&splits.test) };
     let objective = train_objective(shard.task);
@@ -291,6 +294,7 @@ pub fn run_shard(
         }
         state.train_seconds += t0.elapsed().as_secs_f64();
         state.step += 1;
+        sink.alive(state.step)?;
         match loss {
             Some(l) => {
                 consecutive_bad = 0;
@@ -352,6 +356,9 @@ pub fn run_shard(
     let train_seconds = state.train_seconds;
     let config = serde_json::json!({
         "shard": shard,
+        // A Qwen3 checkpoint in the reversible coupling is a different function: say so
+        // at the top level, not only inside `shard.init`.
+        "rev_qwen3_from_qwen3": matches!(shard.init, shared::spec::ModelInit::Qwen3CheckpointInRevQwen3 { .. }),
         "model_config": model_config,
         "input_format": format!("{format:?}"),
         "train_objective": format!("{objective:?}"),
@@ -413,10 +420,15 @@ fn first_order_step(
     autocast: bool,
 ) -> Result<Option<f64>> {
     tch::manual_seed(torch_seed(step_seed(shard.seed, purpose::DROPOUT, step)));
-    opt.zero_grad();
+    opt.zero_grad()?;
     let loss = match (net, batch) {
         (Net::RevQwen3(m), Batch::Classifier(b)) => tch::autocast(autocast, || {
             m.backward_by_reconstruction(&b.input_ids, &b.attention_mask, &mut |logits| {
+                task_model::classifier_loss(logits, b)
+            })
+        })?,
+        (Net::Qwen3Ckpt(m), Batch::Classifier(b)) => tch::autocast(autocast, || {
+            m.backward_checkpointed(&b.input_ids, &b.attention_mask, &mut |logits| {
                 task_model::classifier_loss(logits, b)
             })
         })?,
@@ -424,7 +436,7 @@ fn first_order_step(
             let loss = tch::autocast(autocast, || task_model::batch_loss(net, batch, true))?;
             let value = scalar(loss.shallow_clone())?;
             if !value.is_finite() {
-                opt.zero_grad();
+                opt.zero_grad()?;
                 return Ok(None);
             }
             loss.f_backward()?;
@@ -433,7 +445,7 @@ fn first_order_step(
     };
     let value = scalar(loss)?;
     if !value.is_finite() {
-        opt.zero_grad();
+        opt.zero_grad()?;
         return Ok(None);
     }
     opt.clip_grad_norm(shard.train.grad_clip)?;
@@ -482,6 +494,8 @@ fn evaluate(
     pad: u32,
     device: tch::Device,
     autocast: bool,
+    sink: &mut dyn EventSink,
+    step: u64,
 ) -> Result<(BTreeMap<String, f64>, f64)> {
     let n = split.data.len();
     let ebs = shard.train.eval_batch_size as usize;
@@ -499,6 +513,7 @@ fn evaluate(
             })?;
             batches += 1;
             start += ebs;
+            sink.alive(step)?;
         }
         Ok(())
     })?;
@@ -519,8 +534,8 @@ fn evaluate_and_track(
     state: &mut LoopState,
     sink: &mut dyn EventSink,
 ) -> Result<()> {
-    let (dev_metrics, dev_loss) = evaluate(net, dev, shard, objective, pad, device, autocast)?;
-    let (test_metrics, _) = evaluate(net, test, shard, objective, pad, device, autocast)?;
+    let (dev_metrics, dev_loss) = evaluate(net, dev, shard, objective, pad, device, autocast, sink, state.step)?;
+    let (test_metrics, _) = evaluate(net, test, shard, objective, pad, device, autocast, sink, state.step)?;
     let primary = task_info(shard.task).primary_metric;
     let value = dev_metrics.get(primary).copied().unwrap_or(f64::NAN);
     let improved = match state.best.and_then(|i| state.history.get(i)) {

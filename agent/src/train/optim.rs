@@ -90,14 +90,14 @@ impl AdamW {
         }
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// Releases every gradient (sets it to none, as PyTorch's `zero_grad()` does by
+    /// default since 2.0): gradients exist only from a backward to the optimizer step,
+    /// so a step's peak memory is what the method needs, not that plus a zeroed copy of
+    /// every gradient kept from the step before. The next backward allocates them anew;
+    /// `step` skips a parameter without a gradient, as torch.optim does.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        let params: Vec<&Tensor> = self.params.iter().map(|p| &p.param).collect();
+        ffi::release_grads(&params)
     }
 
     fn grads(&self) -> Vec<Tensor> {
@@ -199,13 +199,32 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).reshape([1, 2]).set_requires_grad(true);
         let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &t);
         for _ in 0..3 {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             (&p * &p).sum(Kind::Float).backward();
             opt.step(0.1).unwrap();
         }
         let v: Vec<f32> = Vec::try_from(p.detach().reshape([2])).unwrap();
         assert!((v[0] - 0.698_911_2).abs() < 1e-5, "{v:?}");
         assert!((v[1] + 1.694_944_5).abs() < 1e-5, "{v:?}");
+    }
+
+    /// `zero_grad` frees the gradients (set to none), and the next backward starts from
+    /// nothing rather than adding to a stale gradient.
+    #[test]
+    fn zero_grad_releases_gradients() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let q = Tensor::from_slice(&[3.0f32]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone()), ("v".into(), q.shallow_clone())], &settings());
+        (&p * &p).sum(Kind::Float).backward();
+        assert!(p.grad().defined() && !q.grad().defined());
+        opt.zero_grad().unwrap();
+        assert!(!p.grad().defined(), "gradient must be released, not zeroed");
+        (&p * 3.0).sum(Kind::Float).backward();
+        assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![3.0, 3.0]);
+        // A step with some gradients missing updates only the others.
+        let before = Vec::<f32>::try_from(q.detach()).unwrap();
+        opt.step(0.1).unwrap();
+        assert_eq!(Vec::<f32>::try_from(q.detach()).unwrap(), before);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use tch::{Kind, Tensor, nn};
 
 use shared::shard::{ModelArch, Shard};
+use shared::spec::ModelInit;
 use shared::{ModelId, TaskId};
 
 use crate::data::encode::{
@@ -26,10 +27,41 @@ use crate::models::{hf, opt, qwen3, rev_qwen3};
 pub enum Net {
     /// Standard Qwen3 classifier.
     Qwen3(qwen3::Qwen3ForSequenceClassification),
+    /// Standard Qwen3 classifier trained with per-layer activation checkpointing.
+    Qwen3Ckpt(qwen3::Qwen3ForSequenceClassification),
     /// Reversible Qwen3 classifier (trained by reconstruction).
     RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification),
     /// OPT language model scoring prompt candidates.
     Opt(opt::OptForCausalLM),
+}
+
+/// Refuses a checkpoint the shard did not ask for in the form its model needs: a Qwen3
+/// checkpoint reaches `rev-qwen3` only as [`ModelInit::Qwen3CheckpointInRevQwen3`] (the
+/// spec's `rev_qwen3_from_qwen3 = true`), and that form only reaches `rev-qwen3`. When it
+/// does, the worker log says that the model computes a different function from these
+/// weights (the result's config records the shard's `init`).
+fn check_init(shard: &Shard, dir: &std::path::Path) -> Result<()> {
+    let converted = matches!(shard.init, ModelInit::Qwen3CheckpointInRevQwen3 { .. });
+    match (shard.model, converted) {
+        (ModelId::RevQwen3, true) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "rev-qwen3 initialised from a Qwen3 checkpoint (rev_qwen3_from_qwen3 = true): same parameter \
+                 names and shapes, but the reversible coupling computes a different function from them, so \
+                 training starts from these weights, not from the checkpoint's model"
+            );
+            Ok(())
+        }
+        (ModelId::RevQwen3, false) => Err(Error::Refused(format!(
+            "rev-qwen3 would load the Qwen3 checkpoint {} as if it were its own model; the spec must say \
+             rev_qwen3_from_qwen3 = true to start from its weights",
+            dir.display()
+        ))),
+        (model, true) => {
+            Err(Error::Refused(format!("init kind qwen3-checkpoint-in-rev-qwen3 is only for rev-qwen3, not {model}")))
+        }
+        (_, false) => Ok(()),
+    }
 }
 
 /// Builds the network of a shard in `vs` — random init, or the checkpoint directory
@@ -43,16 +75,23 @@ pub fn build_net(
     pad_id: i64,
 ) -> Result<(Net, serde_json::Value)> {
     let root = vs.root();
+    if let Some(dir) = pretrained {
+        check_init(shard, dir)?;
+    }
     let net = match (&shard.arch, shard.model) {
-        (ModelArch::Qwen3(arch), ModelId::Qwen3 | ModelId::RevQwen3) => {
+        (ModelArch::Qwen3(arch), ModelId::Qwen3 | ModelId::Qwen3Ckpt | ModelId::RevQwen3) => {
             let cfg = match pretrained {
                 Some(dir) => qwen3::Config::from_hf_json(&hf::read_config(dir)?)?,
                 None => qwen3::Config::from_arch(arch),
             };
-            let net = if shard.model == ModelId::Qwen3 {
-                Net::Qwen3(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, num_labels, pad_id)?)
-            } else {
-                Net::RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, num_labels, pad_id)?)
+            let net = match shard.model {
+                ModelId::Qwen3 => {
+                    Net::Qwen3(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, num_labels, pad_id)?)
+                }
+                ModelId::Qwen3Ckpt => {
+                    Net::Qwen3Ckpt(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, num_labels, pad_id)?)
+                }
+                _ => Net::RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, num_labels, pad_id)?),
             };
             (net, cfg.to_hf_json())
         }
@@ -85,7 +124,7 @@ impl Net {
     /// Trainable tensors in HF `named_parameters()` order.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         match self {
-            Net::Qwen3(m) => m.named_parameters(),
+            Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.named_parameters(),
             Net::RevQwen3(m) => m.named_parameters(),
             Net::Opt(m) => m.named_parameters(),
         }
@@ -99,7 +138,7 @@ impl Net {
     /// The model's vocabulary size (token ids must stay below it).
     pub fn vocab_size(&self) -> i64 {
         match self {
-            Net::Qwen3(m) => m.config().vocab_size,
+            Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.config().vocab_size,
             Net::RevQwen3(m) => m.config().vocab_size,
             Net::Opt(m) => m.config().vocab_size,
         }
@@ -248,7 +287,7 @@ pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor> {
 /// Classifier logits for a batch (ordinary autograd forward).
 pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
     match net {
-        Net::Qwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
+        Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.forward(&b.input_ids, &b.attention_mask),
         Net::RevQwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
         Net::Opt(_) => {
             Err(Error::Unsupported("OPT is trained in the prompt format, not with a classifier head".into()))

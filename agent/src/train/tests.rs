@@ -2,8 +2,8 @@
 //! GLUE+ task suite"): MeZO's projected gradient against autograd, exact-enough
 //! restoration of θ after the ±ε probes, DiZO's γ estimate against autograd, DiZO's
 //! re-initialisation and clipping (zo_methods.md §1.2, §2.4), a method × task smoke
-//! matrix through the worker, resume-equals-uninterrupted, and the placement audit of
-//! optimizer state.
+//! matrix through the worker, qwen3-ckpt training like qwen3, resume-equals-uninterrupted,
+//! and the placement audit of optimizer state.
 //!
 //! Every test that draws random numbers or trains holds `rng_guard()`: libtorch's CPU
 //! generator is process-global (`zo::perturb` and `run_shard` reseed it), and the guard
@@ -783,6 +783,91 @@ fn smoke(model: ModelId) -> BTreeMap<TaskId, Vec<WorkerEvent>> {
 #[test]
 fn smoke_qwen3_every_task() {
     smoke(ModelId::Qwen3);
+}
+
+#[test]
+fn smoke_qwen3_ckpt_every_task() {
+    smoke(ModelId::Qwen3Ckpt);
+}
+
+/// `qwen3-ckpt` is `qwen3` with a checkpointed backward: through the trainer, on the same
+/// shard (seed, data, init), every step's training loss, the evaluation history and the
+/// final metrics agree to fp32 rounding, and the placement audit covered the same tensors:
+/// every parameter, its three AdamW state tensors and the batch's four.
+#[test]
+fn qwen3_ckpt_trains_like_qwen3_through_the_trainer() {
+    let run = |model: ModelId| {
+        let mut shard = tiny_shard(model, TaskId::Mrpc, 11);
+        shard.train.max_steps = 8;
+        let mut sink = VecSink::default();
+        run_request(&request(shard, None), &mut sink).unwrap();
+        sink.0
+    };
+    let (plain, ckpt) = (run(ModelId::Qwen3), run(ModelId::Qwen3Ckpt));
+    let (lp, lc) = (train_losses(&plain, 0), train_losses(&ckpt, 0));
+    assert_eq!(lp.len(), 8);
+    let worst = lp.iter().zip(&lc).map(|((_, a), (_, b))| (a - b).abs() / a.abs()).fold(0.0, f64::max);
+    eprintln!("qwen3-ckpt vs qwen3 through the trainer: worst relative loss difference over 8 steps {worst:.2e}");
+    assert!(lp.iter().zip(&lc).all(|((s, _), (t, _))| s == t));
+    assert!(worst <= 1e-5, "training losses differ by {worst:e}: {lp:?} vs {lc:?}");
+    let (op, oc) = (finished(&plain), finished(&ckpt));
+    assert_eq!(op.best_step, oc.best_step);
+    for (name, v) in &op.metrics {
+        assert!((v - oc.metrics[name]).abs() <= 1e-6, "{name}: {v} vs {}", oc.metrics[name]);
+    }
+    let audited = |o: &ShardOutcome| o.config["placement_audit"]["tensors_on_device"].as_u64().unwrap();
+    let params = scale::preset("tiny").unwrap().qwen3.num_hidden_layers as u64 * 11 + 3; // embed, norm, score
+    assert_eq!(audited(oc), 4 * params + 4, "parameters, AdamW state (3 per parameter) and the batch");
+    assert_eq!(audited(op), audited(oc));
+    assert_eq!(oc.config["shard"]["model"], "qwen3-ckpt");
+}
+
+/// A Qwen3 checkpoint reaches rev-qwen3 only as the spec's explicit
+/// `rev_qwen3_from_qwen3 = true` (init kind `qwen3-checkpoint-in-rev-qwen3`): a plain
+/// `pretrained` init is refused, the converted kind loads the checkpoint's weights, runs
+/// through the trainer, and the result's config records it (top-level flag and
+/// `shard.init`); the converted kind is refused for any other model.
+#[test]
+fn qwen3_checkpoint_reaches_rev_qwen3_only_when_the_spec_asks() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("qwen3-tiny");
+    let weight = {
+        let _g = rng_guard();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = crate::models::qwen3::Config::from_arch(&scale::preset("tiny").unwrap().qwen3);
+        let m = crate::models::qwen3::Qwen3ForCausalLM::new(&vs.root(), &cfg).unwrap();
+        crate::models::hf::save_model_dir(&dir, &m, None).unwrap();
+        m.named_parameters().into_iter().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").unwrap().1.copy()
+    };
+    let dir_str = dir.to_str().unwrap().to_owned();
+    let build = |model: ModelId, init: ModelInit| {
+        let mut shard = tiny_shard(model, TaskId::Sst2, 1);
+        shard.init = init;
+        let vs = nn::VarStore::new(Device::Cpu);
+        task_model::build_net(&vs, &shard, Some(&dir), 2, 0).map(|(net, _)| (vs, net))
+    };
+
+    let err = build(ModelId::RevQwen3, ModelInit::Pretrained { dir: dir_str.clone() }).unwrap_err();
+    assert!(matches!(err, Error::Refused(_)) && err.to_string().contains("rev_qwen3_from_qwen3 = true"), "{err}");
+    let converted = ModelInit::Qwen3CheckpointInRevQwen3 { dir: dir_str.clone() };
+    let err = build(ModelId::Qwen3, converted.clone()).unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    let (_vs, net) = build(ModelId::RevQwen3, converted.clone()).unwrap();
+    assert!(matches!(net, Net::RevQwen3(_)));
+    let loaded = net.named_parameters().into_iter().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").unwrap().1;
+    assert!(loaded.equal(&weight), "the checkpoint's weights are loaded");
+
+    // Through the trainer: the result's config says so.
+    let mut shard = tiny_shard(ModelId::RevQwen3, TaskId::Sst2, 1);
+    shard.init = converted;
+    let mut req = request(shard, None);
+    req.model_roots = vec![root.path().to_path_buf()];
+    let mut sink = VecSink::default();
+    run_request(&req, &mut sink).unwrap();
+    let config = &finished(&sink.0).config;
+    assert_eq!(config["rev_qwen3_from_qwen3"], true);
+    assert_eq!(config["shard"]["init"]["kind"], "qwen3-checkpoint-in-rev-qwen3");
+    assert_eq!(config["shard"]["init"]["dir"], dir_str);
 }
 
 #[test]
