@@ -781,7 +781,10 @@ pub(crate) fn lm_head(p: &nn::Path, cfg: &Config) -> Result<Option<Linear>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::test_util::{config_field, max_abs, ones_like, randomize, rng_guard, rows, tiny_qwen3};
+    use crate::models::test_util::{
+        config_field, grads, max_abs, ones_like, randomize, rng_guard, rows, tiny_qwen3, worst_relative_error,
+        zero_grads,
+    };
     use tch::Device;
 
     /// A complete transformers-5.x style config.
@@ -1047,34 +1050,6 @@ mod tests {
         cfg
     }
 
-    fn clear(params: &[(String, Tensor)]) {
-        for (_, t) in params {
-            t.shallow_clone().zero_grad();
-        }
-    }
-
-    fn grads_of(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-        params.iter().map(|(n, t)| (n.clone(), t.grad().detach().copy())).collect()
-    }
-
-    /// Worst over parameters of max |a − b| / max |b|; every gradient must exist and be
-    /// nonzero (so a parameter the checkpointed backward forgot cannot pass as 0 = 0).
-    fn worst_relative(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> (f64, String) {
-        assert_eq!(ours.len(), reference.len());
-        let mut worst = (0.0, String::new());
-        for ((n, a), (m, b)) in ours.iter().zip(reference) {
-            assert_eq!(n, m);
-            assert!(a.defined() && b.defined(), "{n}: gradient missing");
-            let scale = b.abs().max().double_value(&[]);
-            assert!(scale > 0.0, "{n}: zero reference gradient");
-            let rel = max_abs(a, b) / scale;
-            if rel > worst.0 {
-                worst = (rel, n.clone());
-            }
-        }
-        worst
-    }
-
     /// Next-token cross-entropy over real positions (pads ignored), in the logits' kind.
     fn lm_loss(ids: &Tensor, mask: &Tensor) -> impl FnMut(&Tensor) -> Result<Tensor> + 'static {
         let (b, t) = (ids.size()[0], ids.size()[1]);
@@ -1103,16 +1078,16 @@ mod tests {
         randomize(&params, 31);
         let (ids, mask) = padded_batch();
 
-        clear(&params);
+        zero_grads(&params);
         let loss_ref = lm_loss(&ids, &mask)(&m.forward(&ids, &mask).unwrap()).unwrap();
         loss_ref.backward();
-        let reference = grads_of(&params);
+        let reference = grads(&params);
 
-        clear(&params);
+        zero_grads(&params);
         let loss = m.backward_checkpointed(&ids, &mask, &mut lm_loss(&ids, &mask)).unwrap();
         assert!(!loss.requires_grad());
         assert_eq!(loss.double_value(&[]), loss_ref.double_value(&[]), "the forward is the same computation");
-        let (worst, name) = worst_relative(&grads_of(&params), &reference);
+        let (worst, name) = worst_relative_error(&grads(&params), &reference);
         eprintln!("qwen3-ckpt lm {kind:?} tied={tied}: worst relative gradient error {worst:.2e} ({name})");
         worst
     }
@@ -1160,13 +1135,13 @@ mod tests {
                     }
                 };
 
-                clear(&params);
+                zero_grads(&params);
                 loss_of(&m.forward(&ids, &mask).unwrap()).unwrap().backward();
-                let reference = grads_of(&params);
+                let reference = grads(&params);
 
-                clear(&params);
+                zero_grads(&params);
                 let _ = tch::no_grad(|| m.backward_checkpointed(&ids, &mask, &mut |o| loss_of(o))).unwrap();
-                let (worst, name) = worst_relative(&grads_of(&params), &reference);
+                let (worst, name) = worst_relative_error(&grads(&params), &reference);
                 eprintln!(
                     "qwen3-ckpt cls {kind:?} labels={labels}: worst relative gradient error {worst:.2e} ({name})"
                 );
@@ -1174,7 +1149,7 @@ mod tests {
 
                 let _ = m.backward_checkpointed(&ids, &mask, &mut |o| loss_of(o)).unwrap();
                 let doubled: Vec<(String, Tensor)> = reference.iter().map(|(n, g)| (n.clone(), g * 2.0)).collect();
-                let (worst, name) = worst_relative(&grads_of(&params), &doubled);
+                let (worst, name) = worst_relative_error(&grads(&params), &doubled);
                 assert!(worst <= tol, "accumulation: {name}: {worst:e}");
             }
         }
@@ -1190,7 +1165,7 @@ mod tests {
         randomize(&params, 33);
         let (ids, mask) = padded_batch();
         let target = Tensor::from_slice(&[1i64, 0, 1]);
-        clear(&params);
+        zero_grads(&params);
         let _ = m
             .backward_checkpointed(&ids, &mask, &mut |o| {
                 Ok(o.f_cross_entropy_loss(&target, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?)

@@ -536,7 +536,9 @@ impl RevQwen3ForSequenceClassification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::test_util::{max_abs, randomize, rng_guard, rows, tiny_qwen3};
+    use crate::models::test_util::{
+        grads, max_abs, randomize, rng_guard, rows, tiny_qwen3, worst_relative_error, zero_grads,
+    };
     use tch::{Device, Kind, Reduction};
 
     fn config(layers: i64, tied: bool) -> Config {
@@ -560,31 +562,6 @@ mod tests {
             let targets = targets.where_scalarother(&mask.view([-1]).ne(0), -100);
             Ok(logits.f_view([-1, v])?.f_cross_entropy_loss(&targets, None::<Tensor>, Reduction::Mean, -100, 0.0)?)
         }
-    }
-
-    fn zero_grads(params: &[(String, Tensor)]) {
-        for (_, t) in params {
-            t.shallow_clone().zero_grad();
-        }
-    }
-
-    fn grads(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-        params.iter().map(|(n, t)| (n.clone(), t.grad().detach().copy())).collect()
-    }
-
-    /// max |a − b| / max |b| per parameter, asserting every gradient is defined and nonzero.
-    fn worst_relative_error(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> (f64, String) {
-        let mut worst = (0.0, String::new());
-        for ((n, a), (_, b)) in ours.iter().zip(reference) {
-            assert!(a.defined() && b.defined(), "{n}: gradient missing");
-            let scale = b.abs().max().double_value(&[]);
-            assert!(scale > 0.0, "{n}: zero reference gradient");
-            let rel = max_abs(a, b) / scale;
-            if rel > worst.0 {
-                worst = (rel, n.clone());
-            }
-        }
-        worst
     }
 
     #[test]

@@ -110,3 +110,33 @@ pub(crate) fn config_field(e: Error) -> String {
         other => panic!("expected a config error, got {other}"),
     }
 }
+
+/// Clears every parameter's gradient.
+pub(crate) fn zero_grads(params: &[(String, Tensor)]) {
+    for (_, t) in params {
+        t.shallow_clone().zero_grad();
+    }
+}
+
+/// A copy of every parameter's gradient.
+pub(crate) fn grads(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.clone(), t.grad().detach().copy())).collect()
+}
+
+/// Worst over parameters of max |a − b| / max |b|, and which parameter; every gradient
+/// must exist and be nonzero, so a parameter a backward forgot cannot pass as 0 = 0.
+pub(crate) fn worst_relative_error(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> (f64, String) {
+    assert_eq!(ours.len(), reference.len());
+    let mut worst = (0.0, String::new());
+    for ((n, a), (m, b)) in ours.iter().zip(reference) {
+        assert_eq!(n, m);
+        assert!(a.defined() && b.defined(), "{n}: gradient missing");
+        let scale = b.abs().max().double_value(&[]);
+        assert!(scale > 0.0, "{n}: zero reference gradient");
+        let rel = max_abs(a, b) / scale;
+        if rel > worst.0 {
+            worst = (rel, n.clone());
+        }
+    }
+    worst
+}
