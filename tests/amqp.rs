@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use shared::DeviceClass;
 use shared::amqp::{AmqpBroker, AmqpConfig};
 use shared::broker::{Broker, Delivery, OutgoingMessage, ShardConsumer, TRACEPARENT_HEADER};
+use shared::dead_letters::{NoticeReport, record_notices};
 use shared::error::Error;
+use shared::shard::ShardState;
+use shared::store::Store;
 
 use crate::util::{TestBroker, amqp_url};
 
@@ -333,6 +336,7 @@ async fn unreachable_broker_is_a_fast_clear_error() {
     let text = err.to_string();
     assert!(err.is_transient(), "{text}");
     assert!(text.contains("amqp://qsched:***@127.0.0.1:1/%2f"), "{text}");
+    assert!(text.contains("cannot reach the broker at 127.0.0.1:1 (connection refused)"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 
@@ -355,4 +359,38 @@ async fn wrong_credentials_are_a_permanent_error() {
     let err = AmqpBroker::connect(AmqpConfig::new(url)).await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
+}
+
+#[tokio::test]
+async fn a_shard_the_broker_dead_letters_is_marked_dead_in_the_store() {
+    let b = TestBroker::with("notices", |c| c.delivery_limit = 2).await;
+    let store = crate::util::TestStore::new("notices").await;
+    let run = scheduler::new_run_id();
+    let record = scheduler::submit(&crate::procs::tiny_qwen3(vec![1], 5, 5), &run, &*b, &*store).await.expect("submit");
+    let shard = record.shards[0].shard.clone();
+    // Two agents in turn take the shard and die holding it (the broker counts both).
+    store.set_state(run.as_str(), &shard, ShardState::Running).await.unwrap();
+    let mut c = b.consume(DeviceClass::Cpu, "agent").await.unwrap();
+    for _ in 0..2 {
+        next(&mut c).await.reject(true).await.unwrap();
+    }
+    assert_eq!(wait_for_dead_letters(&b, 1).await.len(), 1);
+
+    // An agent's periodic pass (or `qsched status`) learns it from the notice queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = record_notices(&*b, &*store, "agent-x").await.unwrap();
+        if report.taken > 0 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report, NoticeReport { taken: 1, marked_dead: 1 });
+    assert_eq!(store.states(run.as_str()).await.unwrap()[&shard], ShardState::Dead);
+    let records = store.dead_letter_records(10).await.unwrap();
+    assert!(records[0].letter.reason.contains("delivery limit"), "{:?}", records[0]);
+    assert_eq!(records[0].letter.message_id.as_deref(), Some(format!("{run}:{shard}").as_str()));
+    // The dead letter stays listed for `qsched dead-letters`; the notice is used up.
+    assert_eq!(b.dead_letters(10).await.unwrap().len(), 1);
+    assert_eq!(record_notices(&*b, &*store, "agent-x").await.unwrap(), NoticeReport::default());
 }

@@ -285,6 +285,12 @@ async fn a_stopped_worker_is_flagged_killed_and_its_shard_requeued() {
     };
     assert_eq!(result.status, ShardState::Succeeded, "{:?}", result.error);
     assert_eq!(result.attempt, 2);
+    // Why the first attempt failed is recorded with the shard, not only in the agent's log.
+    let errors = fleet.store.attempt_errors(&run).await.unwrap();
+    let first = &errors[shards[0].shard_id.as_str()];
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].attempt, 1);
+    assert!(first[0].error.contains("no progress"), "{}", first[0].error);
     assert!(result.resumed_from_step.is_some_and(|s| s >= 20), "resumed from {:?}", result.resumed_from_step);
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "the stopped worker was not killed");
     assert!(fleet.broker().dead_letters(10).await.unwrap().is_empty());

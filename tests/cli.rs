@@ -1,7 +1,13 @@
-//! Bad input gets a clear error, a non-zero exit and nothing enqueued.
+//! Bad input gets a clear error, a non-zero exit and nothing enqueued; every answer of
+//! `qsched` (exit status, names it accepts, formats) is checked on the real binary.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
 use shared::broker::Broker;
+use shared::shard::{AgentHeartbeat, Shard, ShardResult, ShardState, unix_now};
 use shared::store::Store;
 
 use crate::procs::{Fleet, bin, data_dir, text};
@@ -40,6 +46,15 @@ async fn bad_submissions_fail_clearly_and_enqueue_nothing() {
     );
     // A task with no train split.
     assert_fails(&fleet.qsched(&["submit", "--tasks", "qnli", "--data-dir", data]), "QNLI/train.tsv");
+    // A model × task pair the agents cannot run is refused by submit, not shard by shard.
+    let out = fleet.qsched(&["submit", "--models", "qwen3,mezo-opt,dizo-opt", "--tasks", "sst2,stsb"]);
+    assert_fails(&out, "mezo-opt × stsb, dizo-opt × stsb cannot run: STS-B is a regression task");
+    assert_eq!(out.status.code(), Some(1));
+    // No agent serves the cpu queue under this prefix: --require-agents refuses.
+    let out = fleet.qsched(&["submit", "--models", "qwen3", "--seeds", "1", "--require-agents"]);
+    assert_fails(&out, "no live cpu agent under prefix");
+    assert!(text(&out).1.contains("nothing was submitted (--require-agents)"), "{}", text(&out).1);
+    assert_eq!(out.status.code(), Some(1));
 
     // Unreachable services: the error names the (redacted) URL; the password never shows.
     let out = fleet.qsched(&["--amqp", "amqp://guest:s3cret@127.0.0.1:1/%2f", "submit", "--models", "qwen3"]);
@@ -110,6 +125,34 @@ fn local_mode_without_a_cuda_device_is_refused() {
     assert_fails(&out, "libtorch_cuda.so");
 }
 
+/// `submit --local` exits as `--wait` does: 3 when a shard failed (here at once: its
+/// checkpoint directory does not exist), with the results and the run id still printed.
+#[test]
+fn local_mode_exits_3_when_a_shard_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "models = [\"ft-opt\"]\ntasks = [\"sst2\"]\nseeds = [1]\n[model_dir]\nopt = \"/nonexistent/opt-checkpoint\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("qsched"))
+        .args(["submit", "--local", "--threads", "1", "--format", "csv", "--spec"])
+        .arg(&spec)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\nft-opt,sst2,,,,0,1,"), "{stdout}");
+    let run = stdout.lines().last().unwrap();
+    assert!(run.starts_with("r-"), "{stdout}");
+    let line = format!("qsched: run {run}: 1 of 1 shard(s) did not succeed (1 failed); exit status 3");
+    assert!(stderr.contains(&line), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_counted_in_full_and_an_unused_prefix_has_none() {
     let fleet = Fleet::new("dlcount").await;
@@ -126,4 +169,280 @@ async fn dead_letters_are_counted_in_full_and_an_unused_prefix_has_none() {
     }
     let (stdout, stderr) = text(&fleet.qsched(&["dead-letters", "--limit", "3"]));
     assert!(stdout.starts_with("7 message(s) in the dead-letter queue, the first 3 shown"), "{stdout}{stderr}");
+}
+
+/// A result for `shard` as an agent stores it (the shard under `config.shard`).
+fn result_for(shard: &Shard, status: ShardState, accuracy: f64) -> ShardResult {
+    let ok = status == ShardState::Succeeded;
+    ShardResult {
+        run: shard.run_id.to_string(),
+        shard: shard.shard_id.to_string(),
+        model: shard.model,
+        task: shard.task,
+        seed: shard.seed,
+        scale: shard.scale.clone(),
+        device: "cpu".into(),
+        gpu_name: None,
+        host: "host-a".into(),
+        agent: "host-a:cpu:1".into(),
+        status,
+        error: (!ok).then(|| "boom".to_owned()),
+        metrics: if ok { BTreeMap::from([("accuracy".to_owned(), accuracy)]) } else { BTreeMap::new() },
+        dev_metrics: BTreeMap::new(),
+        primary_metric: ok.then(|| "accuracy".to_owned()),
+        best_step: Some(10),
+        steps: 10,
+        peak_memory_bytes: 100 << 20,
+        peak_memory_kind: "host_rss_peak".into(),
+        wall_seconds: 2.0,
+        train_seconds: 1.0,
+        steps_per_second: 10.0,
+        tokens_per_second: 1000.0,
+        skipped_steps: 0,
+        precision: "fp32".into(),
+        threads: 1,
+        parameters: 1,
+        split_sizes: BTreeMap::new(),
+        data_checksums: BTreeMap::new(),
+        config: serde_json::json!({ "shard": shard, "evaluations": [] }),
+        attempt: 1,
+        resumed_from_step: None,
+        started_at: 0.0,
+        finished_at: 0.0,
+        traceparent: None,
+    }
+}
+
+/// Records and publishes a tiny qwen3 × SST-2 run (seeds 1, 2) of `steps` steps under the
+/// fleet's prefix, and stores a succeeded result per shard.
+async fn run_with_results(fleet: &Fleet, steps: u32) -> String {
+    let spec = crate::procs::tiny_qwen3(vec![1, 2], steps, steps);
+    let run = scheduler::new_run_id();
+    let record = scheduler::submit(&spec, &run, fleet.broker(), &*fleet.store).await.unwrap();
+    for (i, shard) in scheduler::shards_of(&record).unwrap().iter().enumerate() {
+        assert!(fleet.store.put_result(&result_for(shard, ShardState::Succeeded, 0.5 + 0.1 * i as f64)).await.unwrap());
+    }
+    run.to_string()
+}
+
+/// `submit --wait` exits 0 when every shard succeeded, 3 when one failed, 4 when one was
+/// cancelled and 5 when one was dead-lettered; the shards' ends are written by the test,
+/// as agents would write them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_exits_with_how_the_run_ended() {
+    let fleet = Fleet::new("waitexit").await;
+    let mut seen: Vec<String> = Vec::new();
+    for (last, code) in
+        [(ShardState::Succeeded, 0), (ShardState::Failed, 3), (ShardState::Cancelled, 4), (ShardState::Dead, 5)]
+    {
+        let mut cmd = Command::new(bin("qsched"));
+        fleet.env(&mut cmd);
+        let child = cmd
+            .args(["submit", "--wait", "--scale", "tiny", "--models", "qwen3", "--seeds", "1,2", "--format", "csv"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The run qsched recorded.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let run = loop {
+            let runs = fleet.store.list_runs(10).await.unwrap();
+            if let Some(run) = runs.into_iter().find(|r| !seen.contains(r)) {
+                break run;
+            }
+            assert!(Instant::now() < deadline, "qsched recorded no run");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        seen.push(run.clone());
+        let record = fleet.store.get_run(&run).await.unwrap().unwrap();
+        let shards = scheduler::shards_of(&record).unwrap();
+        assert!(fleet.store.put_result(&result_for(&shards[0], ShardState::Succeeded, 0.75)).await.unwrap());
+        match last {
+            ShardState::Succeeded | ShardState::Failed => {
+                assert!(fleet.store.put_result(&result_for(&shards[1], last, 0.8)).await.unwrap());
+            }
+            _ => fleet.store.force_state(&run, shards[1].shard_id.as_str(), last).await.unwrap(),
+        }
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{last:?}: {stdout}\n{stderr}");
+        // Nobody serves the cpu queue under this prefix: a warning, not an error.
+        assert!(stderr.contains("warning: no live cpu agent under prefix"), "{stderr}");
+        // The results, then the run id as the last line.
+        assert!(stdout.starts_with("model,task,metric,mean,std,n,failed,"), "{stdout}");
+        assert_eq!(stdout.lines().last(), Some(run.as_str()), "{stdout}");
+        if code == 0 {
+            assert!(!stderr.contains("did not succeed"), "{stderr}");
+        } else {
+            let word = match last {
+                ShardState::Failed => "failed",
+                ShardState::Cancelled => "cancelled",
+                _ => "dead-lettered",
+            };
+            let line = format!("qsched: run {run}: 1 of 2 shard(s) did not succeed (1 {word}); exit status {code}");
+            assert!(stderr.contains(&line), "{stderr}");
+        }
+    }
+    let help = text(&fleet.qsched(&["submit", "--help"])).0;
+    for line in ["Exit status:", "3  with --wait or --local: the run finished and at least one shard failed"] {
+        assert!(help.contains(line), "{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_metrics_and_baselines_and_mixed_settings_are_refused() {
+    let fleet = Fleet::new("cmpnames").await;
+    let short = run_with_results(&fleet, 10).await;
+    let long = run_with_results(&fleet, 400).await;
+
+    let out = fleet.qsched(&["results", &short, "--metric", "acuracy"]);
+    assert_fails(&out, &format!("no result of run {short} has a metric named 'acuracy'; the results have: accuracy"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.is_empty(), "no table: {}", text(&out).0);
+    let out = fleet.qsched(&["compare", &short, "--metric", "f1"]);
+    assert_fails(&out, "has a metric named 'f1'; the results have: accuracy");
+    let out = fleet.qsched(&["compare", &short, "--baseline", "ft-opt"]);
+    assert_fails(
+        &out,
+        &format!("baseline model 'ft-opt' has no succeeded result in run {short}; models with results: qwen3"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // A 10-step and a 400-step run of qwen3 × SST-2 are not pooled into one mean.
+    let out = fleet.qsched(&["compare", &short, &long]);
+    assert_fails(&out, "refusing to compare: results of the same model × task ran with different settings");
+    let (lo, hi) = if short < long { (("10", &short), ("400", &long)) } else { (("400", &long), ("10", &short)) };
+    let wanted = format!("train.max_steps = {} in run {} but {} in run {}", lo.0, lo.1, hi.0, hi.1);
+    let stderr = text(&out).1;
+    assert!(stderr.contains("\n  qwen3 × sst2: ") && stderr.contains(&wanted), "{stderr}");
+    assert_eq!(out.status.code(), Some(1));
+
+    // Each run alone compares, and its metric is accepted.
+    let out = fleet.qsched(&["compare", &long, "--metric", "accuracy", "--baseline", "qwen3", "--format", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows[0]["n"], 2);
+}
+
+/// `agents` and `scales` print what `--format` asks for, and the scales table fits 120 columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_scales_honour_every_format() {
+    let fleet = Fleet::new("formats").await;
+    let now = unix_now();
+    let beat = AgentHeartbeat {
+        agent: "host-a:cpu:7".into(),
+        host: "host-a".into(),
+        device: "cpu".into(),
+        gpu_name: None,
+        current: Some(("r-1".into(), "abc".into())),
+        step: Some(3),
+        total_steps: Some(40),
+        progress_at: Some(now),
+        started_at: now - 60.0,
+        at: now,
+        shards_done: 1,
+    };
+    fleet.store.heartbeat(&beat, Duration::from_secs(120)).await.unwrap();
+    let run = |args: &[&str]| {
+        let out = fleet.qsched(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let csv = run(&["agents", "--format", "csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("agent,host,device,gpu_name,run,shard,step,total_steps,"), "{csv}");
+    assert!(lines[1].starts_with("host-a:cpu:7,host-a,cpu,,r-1,abc,3,40,"), "{csv}");
+    let md = run(&["agents", "--format", "markdown"]);
+    assert!(md.starts_with("| agent | host | device |") && md.contains("| host-a:cpu:7 | host-a | cpu |"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["agents", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["agent"], "host-a:cpu:7");
+    assert!(run(&["agents"]).contains("│ host-a:cpu:7"));
+
+    let table = run(&["scales"]);
+    assert!(table.contains("large") && table.contains('│'), "{table}");
+    assert!(table.lines().all(|l| l.chars().count() <= 120), "{table}");
+    let csv = run(&["scales", "--format", "csv"]);
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.lines().nth(1).unwrap().starts_with("tiny,cpu,\"2 × 64, 4/2 × 16, 192\","), "{csv}");
+    let md = run(&["scales", "--format", "markdown"]);
+    assert!(md.starts_with("| scale | device |") && md.contains("\n| large | cuda |"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["scales", "--format", "json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for (shell, marker) in [("bash", "_qsched()"), ("zsh", "#compdef qsched"), ("fish", "complete -c qsched")] {
+        let out = Command::new(bin("qsched")).args(["completions", shell]).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{shell}: {stderr}");
+        assert!(stdout.contains(marker) && stdout.contains("submit"), "{shell}: {stdout}");
+    }
+    let out = Command::new(bin("qsched")).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
+
+/// A broker that accepts the connection and never answers: the submit gives up after the
+/// connect timeout (5 s) with an error naming host and port, and nothing is recorded.
+/// (A listener on the loopback stands in for a black-holed address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_times_out_naming_where_it_is() {
+    let fleet = Fleet::new("silent").await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
+    let started = Instant::now();
+    let out = fleet.qsched(&["--amqp", &url, "submit", "--models", "qwen3", "--seeds", "1"]);
+    let took = started.elapsed();
+    assert_fails(&out, &format!("127.0.0.1:{port}"));
+    let stderr = text(&out).1;
+    assert!(stderr.contains(&format!("cannot reach the broker at 127.0.0.1:{port} (timed out after 5 s)")), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(fleet.store.list_runs(10).await.unwrap().is_empty());
+    drop(silent);
+}
+
+/// `status --watch` on a run nobody serves ends when the run is cancelled: the final
+/// block, then a line naming the cancellation, exit status 0. Its stdout is a pipe, so
+/// the blocks are appended with no escape codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_exits_when_the_run_is_cancelled() {
+    let fleet = Fleet::new("watchcancel").await;
+    let spec = crate::procs::tiny_qwen3(vec![1, 2], 10, 10);
+    let run = scheduler::new_run_id();
+    scheduler::submit(&spec, &run, fleet.broker(), &*fleet.store).await.unwrap();
+    let run = run.to_string();
+
+    let mut cmd = Command::new(bin("qsched"));
+    fleet.env(&mut cmd);
+    let mut child =
+        cmd.args(["status", &run, "--watch", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A couple of refreshes with nothing to stop for.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the watch ended before the run did");
+
+    let out = fleet.qsched(&["cancel", &run]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("qsched status --watch did not exit after the run was cancelled");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stopped = format!("watch stopped: run {run} was cancelled");
+    assert!(stdout.lines().last().unwrap().starts_with(&stopped), "{stdout}");
+    // Appended blocks (more than one), the last marked cancelled; no escape codes in a pipe.
+    assert!(stdout.matches(&format!("run {run} (")).count() >= 2, "{stdout}");
+    assert!(stdout.contains("0/2 finished (cancelled)"), "{stdout}");
+    assert!(stdout.contains("eta: — (no shard has finished yet to time the 2 queued)"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
 }

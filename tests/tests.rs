@@ -18,6 +18,9 @@ mod cli;
 // Two qagent processes finish every shard exactly once, even when one is killed mid-shard.
 mod fleet;
 
+// rediss:// and amqps:// with a private CA, from submit to results.
+mod tls;
+
 // One trace id from submit to the agent's spans.
 mod trace;
 

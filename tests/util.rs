@@ -148,6 +148,87 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A private certificate authority and a server certificate it signed for `127.0.0.1` and
+/// `localhost` (made with the `openssl` command), as a lab's broker and Redis would use.
+/// Files in its folder: `ca.pem`, `server.pem`, `server.key`.
+#[derive(Clone)]
+pub struct TestCa {
+    dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir.path()).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=qsched test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        TestCa { dir: std::sync::Arc::new(dir) }
+    }
+
+    /// The CA certificate clients are told to trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 /// A `redis-server` of our own, killed on drop; without persistence unless started with
 /// [`PrivateRedis::start_with_aof`].
 pub struct PrivateRedis {
@@ -155,6 +236,8 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     aof: bool,
+    /// A TLS port beside the plain one, with the certificate of [`TestCa`].
+    tls: Option<(u16, TestCa)>,
 }
 
 impl PrivateRedis {
@@ -164,15 +247,32 @@ impl PrivateRedis {
 
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> Self {
-        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: false };
+        let mut r =
+            PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: false, tls: None };
         r.restart().await;
         r
+    }
+
+    /// Starts a server that also listens for TLS (`rediss://`, see [`PrivateRedis::tls_url`])
+    /// with a server certificate signed by `ca`; clients present no certificate.
+    pub async fn start_with_tls(ca: &TestCa) -> Self {
+        let tls = Some((free_port(), ca.clone()));
+        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: false, tls };
+        r.restart().await;
+        r
+    }
+
+    /// The TLS endpoint of a server started with [`PrivateRedis::start_with_tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("started with TLS");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// Starts a server that appends every write to its AOF (fsync always), as production
     /// Redis is configured, so a kill loses nothing.
     pub async fn start_with_aof() -> Self {
-        let mut r = PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: true };
+        let mut r =
+            PrivateRedis { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, aof: true, tls: None };
         r.restart().await;
         r
     }
@@ -199,6 +299,21 @@ impl PrivateRedis {
             } else {
                 ["--appendonly", "no", "--appendfsync", "no"]
             })
+            .args(self.tls.iter().flat_map(|(port, ca)| {
+                let file = |name: &str| ca.file(name).display().to_string();
+                [
+                    "--tls-port".to_owned(),
+                    port.to_string(),
+                    "--tls-cert-file".to_owned(),
+                    file("server.pem"),
+                    "--tls-key-file".to_owned(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".to_owned(),
+                    file("ca.pem"),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ]
+            }))
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -233,6 +348,8 @@ impl Drop for PrivateRedis {
 /// directory and Erlang cookie), for tests that stop and kill the broker. Killed on drop.
 pub struct PrivateRabbit {
     pub port: u16,
+    /// The `amqps://` port of a node started with [`PrivateRabbit::start_with_tls`].
+    pub tls_port: Option<u16>,
     dist_port: u16,
     name: String,
     dir: tempfile::TempDir,
@@ -247,14 +364,42 @@ impl PrivateRabbit {
 
     /// Starts a node and waits until it accepts AMQP connections.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a node that also accepts `amqps://` (see [`PrivateRabbit::tls_url`]) with a
+    /// server certificate signed by `ca`; clients present no certificate.
+    pub async fn start_with_tls(ca: &TestCa) -> Self {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&TestCa>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         let port = free_port();
-        std::fs::write(dir.path().join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+        let mut conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        let tls_port = ca.map(|ca| {
+            let tls_port = free_port();
+            conf.push_str(&format!(
+                "listeners.ssl.local = 127.0.0.1:{tls_port}\nssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca.file("ca.pem").display(),
+                ca.file("server.pem").display(),
+                ca.file("server.key").display(),
+            ));
+            tls_port
+        });
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         let name = format!("qsched-test-{}-{port}@localhost", std::process::id());
-        let mut r = PrivateRabbit { port, dist_port: free_port(), name, dir, child: None };
+        let mut r = PrivateRabbit { port, tls_port, dist_port: free_port(), name, dir, child: None };
         r.restart().await;
         r
+    }
+
+    /// The TLS endpoint of a node started with [`PrivateRabbit::start_with_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port.expect("started with TLS"))
     }
 
     pub fn url(&self) -> String {

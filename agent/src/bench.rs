@@ -2,11 +2,12 @@
 //! figures (Qwen3 depth sweep; zeroth-order OPT memory and step time), one JSON object
 //! per measurement.
 //!
-//! This module owns what is built, what is timed and what "peak memory" means. It reuses
-//! the trainer's pieces unchanged (models, `train::optim::AdamW` with the fused kernel,
-//! `train::zo` MeZO/DiZO, `train::task_model` losses), so a figure measures the code that
-//! trains shards. The PyTorch peers in `ops/bench/` follow the same protocol and print the
-//! same field names.
+//! This module owns what is built, what is timed and what "peak memory" means. It has no
+//! training step of its own: every step it times is the trainer's, called through the
+//! trainer's method types (`train::method`: [`AdamWBackprop`] for the Qwen3 models and
+//! `ft`, [`Mezo`], [`Dizo`]), on the trainer's `Net`, losses and seeds, so a figure
+//! measures the code that trains shards. The PyTorch peers in `ops/bench/` follow the same
+//! protocol and print the same field names.
 //!
 //! Protocol of one measurement:
 //! 1. Seed, build the model with random weights on the pinned device, create the method's
@@ -49,10 +50,9 @@ use crate::data::encode::{Candidate, CandidateExample, CandidateRows, Classifier
 use crate::device::PinnedDevice;
 use crate::error::{Error, Result, is_out_of_memory};
 use crate::models::{audit, opt, qwen3, rev_qwen3};
-use crate::train::batches::{step_seed, torch_seed};
-use crate::train::optim::AdamW;
-use crate::train::task_model::{self, Batch, Net};
-use crate::train::zo;
+use crate::train::batches::torch_seed;
+use crate::train::method::{AdamWBackprop, Dizo, Method, Mezo, StepContext, forward_loss, no_batches};
+use crate::train::task_model::{Batch, LmBatch, Net, lm_loss, scalar};
 
 /// Value of the `impl` field of our records (the peers write `hf-transformers`,
 /// `pytorch`).
@@ -325,10 +325,6 @@ pub type Emit<'a> = dyn FnMut(&Value) -> Result<()> + 'a;
 // ---------------------------------------------------------------------------------------
 // Shared measurement machinery.
 
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.f_to_kind(Kind::Double)?.f_double_value(&[])?)
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -348,10 +344,6 @@ fn bytes_of(params: &[(String, Tensor)]) -> u64 {
 
 fn numel_of(params: &[(String, Tensor)]) -> u64 {
     params.iter().map(|(_, t)| t.numel() as u64).sum()
-}
-
-fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }
 
 /// One timed window: static bytes at its start, per-step seconds and losses, peaks.
@@ -496,7 +488,9 @@ fn check_common(pinned: &PinnedDevice, precision: Precision, steps: usize, warmu
     Ok(())
 }
 
-fn train_settings(lr: f64, weight_decay: f64, grad_clip: f64) -> TrainSettings {
+/// The settings a method's step reads (lr, weight decay, clip, SPSA ε; AdamW's betas and
+/// ε are the trainer's defaults).
+fn train_settings(lr: f64, weight_decay: f64, grad_clip: f64, zo_eps: f64) -> TrainSettings {
     TrainSettings {
         max_steps: 1,
         batch_size: 1,
@@ -509,11 +503,46 @@ fn train_settings(lr: f64, weight_decay: f64, grad_clip: f64) -> TrainSettings {
         adam_beta1: 0.9,
         adam_beta2: 0.999,
         adam_eps: 1e-8,
-        zo_eps: 0.0,
+        zo_eps,
         eval_every: 1,
         early_stopping_patience: 0,
         checkpoint_every: 0,
         precision: TrainPrecision::Fp32,
+    }
+}
+
+/// What every timed step of one measurement shares; [`Stepper::run`] hands the trainer's
+/// step one batch and step index.
+struct Stepper<'a> {
+    net: &'a Net,
+    settings: &'a TrainSettings,
+    seed: u64,
+    lr: f64,
+    autocast: bool,
+}
+
+impl Stepper<'_> {
+    /// Runs `step` (a method's step) on `batch` as step `index`; returns its loss. A
+    /// skipped step (non-finite loss) is an error: a benchmark never skips one.
+    fn run(
+        &self,
+        batch: &Batch,
+        index: u64,
+        step: impl FnOnce(&mut StepContext<'_>) -> Result<Option<f64>>,
+    ) -> Result<f64> {
+        let mut ctx = StepContext {
+            net: self.net,
+            batch,
+            seed: self.seed,
+            step: index,
+            lr: self.lr,
+            autocast: self.autocast,
+            train: self.settings,
+            dizo_batches: &mut no_batches,
+        };
+        step(&mut ctx)?.ok_or_else(|| {
+            Error::Diverged(format!("non-finite loss at step {index} (the trainer would skip the step)"))
+        })
     }
 }
 
@@ -530,127 +559,30 @@ fn linear_fit(x: &[f64], y: &[f64]) -> (f64, f64) {
 // ---------------------------------------------------------------------------------------
 // Figure 1: Qwen3 vs checkpointed Qwen3 vs Reversible Qwen3 over depth.
 
-/// The network of one depth-sweep measurement.
-enum QwenNet {
-    /// Classification head: the trainer's own `Net` (Qwen3, Qwen3Ckpt or RevQwen3).
-    Cls(Net),
-    Lm(qwen3::Qwen3ForCausalLM),
-    LmCkpt(qwen3::Qwen3ForCausalLM),
-    RevLm(rev_qwen3::RevQwen3ForCausalLM),
-}
-
-impl QwenNet {
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        match self {
-            QwenNet::Cls(n) => n.named_parameters(),
-            QwenNet::Lm(m) | QwenNet::LmCkpt(m) => m.named_parameters(),
-            QwenNet::RevLm(m) => m.named_parameters(),
-        }
-    }
-}
-
-/// A random batch: ids in `[1, vocab)` (0 is the pad id of the classifier), no padding.
-struct QwenBatch {
-    batch: Batch,
-    /// Next-token targets `[B·T]`, −100 at each row's last position (LM head only).
-    lm_targets: Option<Tensor>,
-}
-
-fn qwen_batch(a: &Qwen3DepthArgs, device: tch::Device) -> Result<QwenBatch> {
+/// A random batch: ids in `[1, vocab)` (0 is the pad id of the classifier), no padding;
+/// for the LM head, next-token targets with −100 at each row's last position.
+fn qwen_batch(a: &Qwen3DepthArgs, device: tch::Device) -> Result<Batch> {
     let (b, t) = (a.batch, a.seq);
     let ids = Tensor::f_randint_low(1, a.vocab, [b, t], (Kind::Int64, device))?;
-    let lm_targets = match a.head {
+    // Labels are drawn for both heads (the LM head ignores them), so a seed gives the
+    // batches it always gave.
+    let labels = Tensor::f_randint(2, [b], (Kind::Int64, device))?;
+    let attention_mask = Tensor::f_ones([b, t], (Kind::Int64, device))?;
+    let num_tokens = (b * t) as usize;
+    Ok(match a.head {
         Head::Lm => {
             let ignore = Tensor::f_full([b, 1], -100, (Kind::Int64, device))?;
-            Some(Tensor::f_cat(&[&ids.f_narrow(1, 1, t - 1)?, &ignore], 1)?.f_view([-1])?)
+            let targets = Tensor::f_cat(&[&ids.f_narrow(1, 1, t - 1)?, &ignore], 1)?.f_view([-1])?;
+            Batch::Lm(LmBatch { input_ids: ids, attention_mask, targets, num_tokens })
         }
-        Head::Cls => None,
-    };
-    let batch = Batch::Classifier(ClassifierBatch {
-        attention_mask: Tensor::f_ones([b, t], (Kind::Int64, device))?,
-        labels: Tensor::f_randint(2, [b], (Kind::Int64, device))?,
-        last_index: Tensor::f_full([b], t - 1, (Kind::Int64, device))?,
-        num_tokens: (b * t) as usize,
-        input_ids: ids,
-    });
-    Ok(QwenBatch { batch, lm_targets })
-}
-
-/// HF `ForCausalLMLoss`: fp32 logits `[B·T, V]`, mean cross-entropy, −100 ignored.
-fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let v = logits.size()[2];
-    Ok(logits.f_to_kind(Kind::Float)?.f_view([-1, v])?.f_cross_entropy_loss(
-        targets,
-        None::<Tensor>,
-        tch::Reduction::Mean,
-        -100,
-        0.0,
-    )?)
-}
-
-fn classifier_of(batch: &Batch) -> Result<&ClassifierBatch> {
-    match batch {
-        Batch::Classifier(b) => Ok(b),
-        Batch::Candidates(_) => Err(Error::Unsupported("Qwen3 takes classifier batches".into())),
-    }
-}
-
-/// One training step as `train::first_order_step` does it (release gradients, loss,
-/// backward — the model's own checkpointed or reconstruction backward where the method
-/// has one — clipping, fused AdamW); returns the loss.
-fn qwen_step(net: &QwenNet, opt: &mut AdamW, b: &QwenBatch, a: &Qwen3DepthArgs) -> Result<f64> {
-    let autocast = a.precision == Precision::Bf16;
-    opt.zero_grad()?;
-    let targets = || b.lm_targets.as_ref().ok_or_else(|| Error::Unsupported("LM batch without targets".into()));
-    let loss = match net {
-        QwenNet::Cls(Net::RevQwen3(m)) => {
-            let cb = classifier_of(&b.batch)?;
-            tch::autocast(autocast, || {
-                m.backward_by_reconstruction(&cb.input_ids, &cb.attention_mask, &mut |logits| {
-                    task_model::classifier_loss(logits, cb)
-                })
-            })?
-        }
-        QwenNet::Cls(Net::Qwen3Ckpt(m)) => {
-            let cb = classifier_of(&b.batch)?;
-            tch::autocast(autocast, || {
-                m.backward_checkpointed(&cb.input_ids, &cb.attention_mask, &mut |logits| {
-                    task_model::classifier_loss(logits, cb)
-                })
-            })?
-        }
-        QwenNet::Cls(n) => {
-            let loss = tch::autocast(autocast, || task_model::batch_loss(n, &b.batch, true))?;
-            loss.f_backward()?;
-            loss
-        }
-        QwenNet::Lm(m) => {
-            let cb = classifier_of(&b.batch)?;
-            let t = targets()?;
-            let loss = tch::autocast(autocast, || lm_loss(&m.forward(&cb.input_ids, &cb.attention_mask)?, t))?;
-            loss.f_backward()?;
-            loss
-        }
-        QwenNet::LmCkpt(m) => {
-            let cb = classifier_of(&b.batch)?;
-            let t = targets()?;
-            tch::autocast(autocast, || {
-                m.backward_checkpointed(&cb.input_ids, &cb.attention_mask, &mut |logits| lm_loss(logits, t))
-            })?
-        }
-        QwenNet::RevLm(m) => {
-            let cb = classifier_of(&b.batch)?;
-            let t = targets()?;
-            tch::autocast(autocast, || {
-                m.backward_by_reconstruction(&cb.input_ids, &cb.attention_mask, &mut |logits| lm_loss(logits, t))
-            })?
-        }
-    };
-    if a.grad_clip > 0.0 {
-        opt.clip_grad_norm(a.grad_clip)?;
-    }
-    opt.step(a.lr)?;
-    scalar(&loss)
+        Head::Cls => Batch::Classifier(ClassifierBatch {
+            attention_mask,
+            labels,
+            last_index: Tensor::f_full([b], t - 1, (Kind::Int64, device))?,
+            num_tokens,
+            input_ids: ids,
+        }),
+    })
 }
 
 fn qwen_config(a: &Qwen3DepthArgs, depth: i64) -> qwen3::Config {
@@ -718,36 +650,43 @@ fn qwen_measurement(pinned: &PinnedDevice, a: &Qwen3DepthArgs, model: QwenModel,
     let vs = nn::VarStore::new(device);
     let root = vs.root();
     let net = match (a.head, model) {
-        (Head::Cls, QwenModel::Qwen3) => {
-            QwenNet::Cls(Net::Qwen3(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
-        }
+        (Head::Cls, QwenModel::Qwen3) => Net::Qwen3(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?),
         (Head::Cls, QwenModel::Qwen3Ckpt) => {
-            QwenNet::Cls(Net::Qwen3Ckpt(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
+            Net::Qwen3Ckpt(qwen3::Qwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?)
         }
         (Head::Cls, QwenModel::RevQwen3) => {
-            QwenNet::Cls(Net::RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?))
+            Net::RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification::new(&root, &cfg, 2, 0)?)
         }
-        (Head::Lm, QwenModel::Qwen3) => QwenNet::Lm(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
-        (Head::Lm, QwenModel::Qwen3Ckpt) => QwenNet::LmCkpt(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
-        (Head::Lm, QwenModel::RevQwen3) => QwenNet::RevLm(rev_qwen3::RevQwen3ForCausalLM::new(&root, &cfg)?),
+        (Head::Lm, QwenModel::Qwen3) => Net::Qwen3Lm(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
+        (Head::Lm, QwenModel::Qwen3Ckpt) => Net::Qwen3LmCkpt(qwen3::Qwen3ForCausalLM::new(&root, &cfg)?),
+        (Head::Lm, QwenModel::RevQwen3) => Net::RevQwen3Lm(rev_qwen3::RevQwen3ForCausalLM::new(&root, &cfg)?),
     };
     let params = net.named_parameters();
-    let mut opt = AdamW::new(shallow(&params), &train_settings(a.lr, a.weight_decay, a.grad_clip));
+    let settings = train_settings(a.lr, a.weight_decay, a.grad_clip, 0.0);
+    let mut method = AdamWBackprop::new(&params, &settings);
     let batches = (0..a.warmup + a.steps).map(|_| qwen_batch(a, device)).collect::<Result<Vec<_>>>()?;
     {
         let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        tensors.extend(opt.state_tensors());
-        tensors.extend(batches[0].batch.tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
+        tensors.extend(method.state_tensors());
+        tensors.extend(batches[0].tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
         audit::ensure_on_device(device, tensors.iter().map(|(n, t)| (n.as_str(), *t)))?;
     }
+    // The trainer's first-order step: dropout seed, release gradients, loss and backward
+    // (the model's own checkpointed or reconstruction backward where it has one),
+    // clipping, fused AdamW.
+    let stepper =
+        Stepper { net: &net, settings: &settings, seed: a.seed, lr: a.lr, autocast: a.precision == Precision::Bf16 };
     // 2. Warm-up.
-    for b in &batches[..a.warmup] {
-        qwen_step(&net, &mut opt, b, a)?;
+    for (i, b) in batches[..a.warmup].iter().enumerate() {
+        stepper.run(b, i as u64, |ctx| method.step(ctx))?;
     }
-    opt.zero_grad()?;
+    method.zero_grad()?;
     let setup_seconds = t_setup.elapsed().as_secs_f64();
     // 3–4. Timed window.
-    let w = timed(pinned, a.steps, &mut |i| qwen_step(&net, &mut opt, &batches[a.warmup + i], a))?;
+    let w = timed(pinned, a.steps, &mut |i| {
+        let index = a.warmup + i;
+        stepper.run(&batches[index], index as u64, |ctx| method.step(ctx))
+    })?;
 
     let param_bytes = bytes_of(&params);
     let record = json!({
@@ -965,28 +904,29 @@ fn rev_grad_error_depth(pinned: &PinnedDevice, a: &RevGradErrorArgs, depth: i64)
     tch::manual_seed(torch_seed(a.seed));
     let cfg = qwen3_shape_config(&a.shape, depth, a.seq);
     let vs = nn::VarStore::new(device);
-    let model = rev_qwen3::RevQwen3ForCausalLM::new(&vs.root(), &cfg)?;
-    let params = model.named_parameters();
+    let net = Net::RevQwen3Lm(rev_qwen3::RevQwen3ForCausalLM::new(&vs.root(), &cfg)?);
+    let Net::RevQwen3Lm(model) = &net else {
+        return Err(Error::Unsupported("rev-grad-error measures the reversible Qwen3 LM".into()));
+    };
+    let params = net.named_parameters();
     let batches = text_batches(a, a.train_steps + 1, device)?;
     let (ids, targets) = &batches[a.train_steps];
     let mask = Tensor::f_ones([a.batch, a.seq], (Kind::Int64, device))?;
 
-    // 1. Optional training in fp32 with the reconstruction backward (as the trainer).
+    // 1. Optional training in fp32: the trainer's step with the reconstruction backward.
     let mut train_losses = Vec::new();
     if a.train_steps > 0 {
-        let mut opt = AdamW::new(shallow(&params), &train_settings(a.lr, a.weight_decay, a.grad_clip));
-        for (ids, t) in &batches[..a.train_steps] {
-            opt.zero_grad()?;
-            let loss = model.backward_by_reconstruction(ids, &mask, &mut |logits| lm_loss(logits, t))?;
-            let value = scalar(&loss)?;
-            if !value.is_finite() {
-                return Err(Error::Diverged(format!("non-finite loss {value} while training")));
-            }
-            if a.grad_clip > 0.0 {
-                opt.clip_grad_norm(a.grad_clip)?;
-            }
-            opt.step(a.lr)?;
-            train_losses.push(value);
+        let settings = train_settings(a.lr, a.weight_decay, a.grad_clip, 0.0);
+        let mut method = AdamWBackprop::new(&params, &settings);
+        let stepper = Stepper { net: &net, settings: &settings, seed: a.seed, lr: a.lr, autocast: false };
+        for (i, (ids, t)) in batches[..a.train_steps].iter().enumerate() {
+            let batch = Batch::Lm(LmBatch {
+                input_ids: ids.shallow_clone(),
+                attention_mask: mask.shallow_clone(),
+                targets: t.shallow_clone(),
+                num_tokens: (a.batch * a.seq) as usize,
+            });
+            train_losses.push(stepper.run(&batch, i as u64, |ctx| method.step(ctx))?);
         }
     }
     clear_grads(&params)?;
@@ -1123,11 +1063,6 @@ pub fn run_rev_grad_error(pinned: &PinnedDevice, a: &RevGradErrorArgs, emit: &mu
 // ---------------------------------------------------------------------------------------
 // Figure 2: zeroth-order OPT (inference, MeZO, DiZO, FT).
 
-/// Purposes of the bench's per-step seeds (as `train::purpose`).
-const SPSA: u64 = 3;
-const DIZO_U: u64 = 4;
-const DROPOUT: u64 = 2;
-
 /// A synthetic prompt-format batch: `batch` examples × `candidates` rows of exactly
 /// `seq` tokens (BOS 0, a random prompt shared by an example's candidates, then
 /// `option_len` random option tokens per candidate); random gold candidate. No padding.
@@ -1172,48 +1107,24 @@ fn opt_config(a: &ZoOptArgs) -> opt::Config {
     }
 }
 
-/// The zeroth-order loss of the trainer: option scores + candidate cross-entropy,
-/// `no_grad`, dropout off.
-fn zo_loss(net: &Net, batch: &Batch, autocast: bool) -> Result<f64> {
-    tch::no_grad(|| tch::autocast(autocast, || scalar(&task_model::batch_loss(net, batch, false)?)))
+/// A method of the zeroth-order figure with its state (none for `inference`).
+#[derive(Debug)]
+enum ZoState {
+    Inference,
+    Mezo(Mezo),
+    Dizo(Dizo),
+    Ft(AdamWBackprop),
 }
 
-/// One MeZO step exactly as the trainer runs it; returns ℓ₊.
-fn mezo_step(params: &[(String, Tensor)], net: &Net, batch: &Batch, a: &ZoOptArgs, step: u64) -> Result<f64> {
-    let autocast = a.precision == Precision::Bf16;
-    let z_seed = step_seed(a.seed, SPSA, step);
-    let r = zo::spsa(params, z_seed, a.zo_eps, &mut || zo_loss(net, batch, autocast))?;
-    if !r.is_finite() {
-        return Err(Error::Diverged(format!("non-finite SPSA losses {} / {}", r.loss_plus, r.loss_minus)));
+impl ZoState {
+    fn state_tensors(&self) -> Vec<(String, &Tensor)> {
+        match self {
+            ZoState::Inference => Vec::new(),
+            ZoState::Mezo(m) => m.state_tensors(),
+            ZoState::Dizo(d) => d.state_tensors(),
+            ZoState::Ft(o) => o.state_tensors(),
+        }
     }
-    zo::update(params, z_seed, r.projected_grad, a.zo_lr, 0.0)?;
-    Ok(r.loss_plus)
-}
-
-/// One DiZO projection round as the trainer runs it (J fresh batches, seeded u).
-fn dizo_round(dizo: &zo::Dizo, net: &Net, batches: &[Batch], a: &ZoOptArgs, round: u64) -> Result<f64> {
-    let autocast = a.precision == Precision::Bf16;
-    let j_total = u64::from(dizo.settings.inner_iters);
-    let report = dizo.projection_round(&mut |j| zo_loss(net, &batches[j], autocast), &mut |j, n| {
-        tch::manual_seed(torch_seed(step_seed(a.seed, DIZO_U, round * j_total + j as u64)));
-        let u = Tensor::randn([n as i64], (Kind::Double, tch::Device::Cpu));
-        Vec::<f64>::try_from(&u).unwrap_or_else(|_| vec![0.0; n])
-    })?;
-    Ok(report.ratios.iter().sum::<f64>() / report.ratios.len().max(1) as f64)
-}
-
-/// One FT step as the trainer's first-order step (dropout on, clipping, fused AdamW).
-fn ft_step(net: &Net, opt: &mut AdamW, batch: &Batch, a: &ZoOptArgs, step: u64) -> Result<f64> {
-    let autocast = a.precision == Precision::Bf16;
-    tch::manual_seed(torch_seed(step_seed(a.seed, DROPOUT, step)));
-    opt.zero_grad()?;
-    let loss = tch::autocast(autocast, || task_model::batch_loss(net, batch, true))?;
-    loss.f_backward()?;
-    if a.grad_clip > 0.0 {
-        opt.clip_grad_norm(a.grad_clip)?;
-    }
-    opt.step(a.ft_lr)?;
-    scalar(&loss)
 }
 
 fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, inference: Option<&Value>) -> Result<Value> {
@@ -1230,11 +1141,16 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
     let params = net.named_parameters();
     let n_batches = a.warmup + a.steps;
     let batches = (0..n_batches).map(|i| candidate_batch(a, a.seed + i as u64, device)).collect::<Result<Vec<_>>>()?;
-    let mut adam = (method == ZoMethod::Ft)
-        .then(|| AdamW::new(shallow(&params), &train_settings(a.ft_lr, a.ft_weight_decay, a.grad_clip)));
-    let dizo = match method {
-        ZoMethod::Dizo => Some(zo::Dizo::new(&params, a.dizo.clone())?),
-        _ => None,
+    // MeZO and DiZO: no weight decay, as the MeZO reference runs OPT.
+    let (settings, lr) = match method {
+        ZoMethod::Ft => (train_settings(a.ft_lr, a.ft_weight_decay, a.grad_clip, 0.0), a.ft_lr),
+        _ => (train_settings(a.zo_lr, 0.0, 0.0, a.zo_eps), a.zo_lr),
+    };
+    let mut state = match method {
+        ZoMethod::Inference => ZoState::Inference,
+        ZoMethod::Mezo => ZoState::Mezo(Mezo::new(&params)),
+        ZoMethod::Dizo => ZoState::Dizo(Dizo::new(&params, a.dizo.clone())?),
+        ZoMethod::Ft => ZoState::Ft(AdamWBackprop::new(&params, &settings)),
     };
     let j = a.dizo.inner_iters as usize;
     let round_batches = match method {
@@ -1245,25 +1161,20 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
     };
     {
         let mut tensors: Vec<(String, &Tensor)> = params.iter().map(|(n, t)| (n.clone(), t)).collect();
-        if let Some(o) = &adam {
-            tensors.extend(o.state_tensors());
-        }
-        if let Some(d) = &dizo {
-            tensors.extend(d.device_anchor_tensors());
-        }
+        tensors.extend(state.state_tensors());
         tensors.extend(batches[0].tensors().into_iter().map(|(n, t)| (n.to_owned(), t)));
         audit::ensure_on_device(device, tensors.iter().map(|(n, t)| (n.as_str(), *t)))?;
     }
-    let zo_params = shallow(&params);
+    // The trainer's steps: MeZO's SPSA and seeded update (DiZO's MeZO step, with its
+    // anchors alive; its rounds are timed apart below), AdamW's first-order step for ft.
+    let stepper = Stepper { net: &net, settings: &settings, seed: a.seed, lr, autocast };
     let mut step_fn = |i: usize| -> Result<f64> {
-        let b = &batches[i];
-        match method {
-            ZoMethod::Inference => zo_loss(&net, b, autocast),
-            ZoMethod::Mezo | ZoMethod::Dizo => mezo_step(&zo_params, &net, b, a, i as u64),
-            ZoMethod::Ft => match adam.as_mut() {
-                Some(o) => ft_step(&net, o, b, a, i as u64),
-                None => Err(Error::Unsupported("ft without an optimizer".into())),
-            },
+        let (b, index) = (&batches[i], i as u64);
+        match &mut state {
+            ZoState::Inference => forward_loss(&net, b, autocast),
+            ZoState::Mezo(m) => stepper.run(b, index, |ctx| m.step(ctx)),
+            ZoState::Dizo(d) => stepper.run(b, index, |ctx| d.mezo_step(ctx)),
+            ZoState::Ft(o) => stepper.run(b, index, |ctx| o.step(ctx)),
         }
     };
     // 2. Warm-up.
@@ -1305,25 +1216,45 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
             "optimizer_state_bytes": 2 * bytes_of(&params) + 4 * params.len() as u64,
         }),
         ZoMethod::Dizo => {
-            let d = dizo.as_ref().ok_or_else(|| Error::Unsupported("dizo without state".into()))?;
+            let ZoState::Dizo(d) = &state else {
+                return Err(Error::Unsupported("dizo without state".into()));
+            };
             // The round is only real if the weights have moved from their anchors.
-            if d.divergences()?.iter().all(|&n| n == 0.0) {
+            if d.projection().divergences()?.iter().all(|&n| n == 0.0) {
                 return Err(Error::Diverged(
                     "no projected tensor moved from its anchor after the MeZO steps: the projection round would be a no-op".into(),
                 ));
             }
+            // DiZO's own round (batch numbers and u seeds (round − 1)·J + j), fed the
+            // pre-made round batches: number i is batch i mod J.
+            let mut round_source = |i: u64| -> Result<Batch> { Ok(round_batches[i as usize % j].shallow_clone()) };
+            let interval = u64::from(a.dizo.interval.max(1));
             let mut round = 0u64;
             let rw = timed(pinned, a.dizo_rounds.max(1), &mut |_| {
                 round += 1;
-                dizo_round(d, &net, &round_batches, a, round)
+                let mut ctx = StepContext {
+                    net: &net,
+                    batch: &round_batches[0],
+                    seed: a.seed,
+                    step: round * interval - 1,
+                    lr,
+                    autocast,
+                    train: &settings,
+                    dizo_batches: &mut round_source,
+                };
+                Ok(d.round(&mut ctx, round)?.mean_ratio())
             })?;
             let kappa = f64::from(a.dizo.interval.max(1));
             let mezo_step_seconds = median(&w.seconds);
             let round_seconds = median(&rw.seconds);
             let amortized = mezo_step_seconds + round_seconds / kappa;
             let peak = w.peak.max(rw.peak);
-            let anchor_bytes: u64 =
-                d.anchor_tensors().iter().map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64).sum();
+            let anchor_bytes: u64 = d
+                .projection()
+                .anchor_tensors()
+                .iter()
+                .map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+                .sum();
             json!({
                 "forward_passes_per_step": 2.0 + 2.0 * f64::from(a.dizo.inner_iters) / kappa,
                 "zo_lr": a.zo_lr, "zo_eps": a.zo_eps,

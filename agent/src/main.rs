@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use agent::supervisor::{self, AgentConfig};
 use shared::DeviceSpec;
+use shared::endpoints::Endpoints;
 
 #[derive(Parser, Debug)]
 #[command(name = "qagent", version, about = "qsched agent: trains benchmark shards on one device")]
@@ -32,25 +33,8 @@ struct RunArgs {
     /// Device to pin to: `cpu` or `cuda:N`. The agent consumes only shards of its class.
     #[arg(long, required = true)]
     device: Option<DeviceSpec>,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "QSCHED_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp: String,
-    /// Redis URL.
-    #[arg(long, env = "QSCHED_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
-    redis: String,
-    /// Read the RabbitMQ URL from this file (first line) instead of --amqp / QSCHED_AMQP_URL:
-    /// keeps the password out of `ps`.
-    #[arg(long, value_name = "FILE")]
-    amqp_file: Option<PathBuf>,
-    /// Read the Redis URL from this file (first line) instead of --redis / QSCHED_REDIS_URL:
-    /// keeps the password out of `ps`.
-    #[arg(long, value_name = "FILE")]
-    redis_file: Option<PathBuf>,
+    #[command(flatten)]
+    endpoints: Endpoints,
     /// Data directory holding `glue/` and `tokenizers/`.
     #[arg(long, env = "QSCHED_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -161,19 +145,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     }
-    let amqp_url = match &args.amqp_file {
-        Some(path) => shared::secrets::read_url_file(path)?,
-        None => args.amqp.clone(),
-    };
-    let redis_url = match &args.redis_file {
-        Some(path) => shared::secrets::read_url_file(path)?,
-        None => args.redis.clone(),
-    };
-    let mut amqp = shared::amqp::AmqpConfig::new(amqp_url).with_prefix(args.prefix.clone());
+    let mut amqp = args.endpoints.amqp_config(&args.prefix)?;
     amqp.delivery_limit = args.delivery_limit;
     amqp.consumer_timeout = Some(args.consumer_timeout_hours);
     let broker = shared::amqp::AmqpBroker::connect(amqp).await?;
-    let store = shared::redis_store::RedisStore::connect(&redis_url, &args.prefix).await?;
+    let store = shared::redis_store::RedisStore::connect_with(args.endpoints.redis_config(&args.prefix)?).await?;
     let mut cfg = AgentConfig::new(device, data_dir)?;
     cfg.gpu_name = pinned.gpu_name.clone();
     cfg.checkpoint_dir = args.checkpoint_dir;

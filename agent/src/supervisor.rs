@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use shared::broker::{Broker, Delivery};
 use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardResult, ShardState, unix_now};
-use shared::store::{DeadLetterRecord, Progress, Store};
+use shared::store::{AttemptError, DeadLetterRecord, Progress, Store};
 use shared::{DeviceSpec, wire};
 
 use crate::error::{Error, Result};
@@ -178,6 +178,7 @@ pub async fn run(
     info!(agent = %cfg.agent_id, device = %cfg.device, queue_class = %cfg.device.class(), "agent consuming");
 
     let heartbeat = tokio::spawn(heartbeat_loop(cfg.clone(), store.clone(), live.clone(), started_at));
+    let notices = tokio::spawn(dead_letter_notice_loop(cfg.clone(), broker.clone(), store.clone()));
     let mut stats = AgentStats::default();
     tokio::pin!(shutdown);
     let mut backoff = RECONNECT_MIN;
@@ -235,6 +236,7 @@ pub async fn run(
         }
     };
     heartbeat.abort();
+    notices.abort();
     if let Err(e) = store.remove_agent(&cfg.agent_id).await {
         warn!(error = %e, "could not remove the agent's heartbeat");
     }
@@ -268,6 +270,36 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
         };
         if let Err(e) = store.heartbeat(&beat, cfg.heartbeat_ttl).await {
             warn!(error = %e, "heartbeat not stored");
+        }
+    }
+}
+
+/// Marks the shards the broker dead-lettered on its own as `dead` (see
+/// [`shared::dead_letters`]), on the heartbeat's cadence; failures are logged and tried
+/// again on the next tick.
+async fn dead_letter_notice_loop(cfg: AgentConfig, broker: Arc<dyn Broker>, store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        loop {
+            match shared::dead_letters::record_notices(broker.as_ref(), store.as_ref(), &cfg.agent_id).await {
+                Ok(report) => {
+                    if report.marked_dead > 0 {
+                        warn!(
+                            shards = report.marked_dead,
+                            "the broker dead-lettered shards (delivery limit); marked them dead"
+                        );
+                    }
+                    // A full pass may have left more behind.
+                    if report.taken < shared::dead_letters::NOTICES_PER_PASS {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "dead-letter notices not read; trying again later");
+                    break;
+                }
+            }
         }
     }
 }
@@ -528,6 +560,8 @@ async fn process_shard(
         }
         WorkerEnd::Failed { message, retryable } if retryable && !last_attempt => {
             warn!(error = %message, attempt, "retryable failure; requeueing");
+            let failed = AttemptError { attempt, agent: cfg.agent_id.clone(), error: message, at: unix_now() };
+            stored!("record the attempt's error", shutdown, delivery, store.record_attempt_error(&run, &id, &failed));
             stored!("mark the shard queued", shutdown, delivery, store.set_state(&run, &id, ShardState::Queued));
             delivery.reject(true).await?;
             stats.requeued += 1;
@@ -928,6 +962,9 @@ mod tests {
         }
         async fn dead_letter_count(&self) -> SharedResult<u64> {
             self.inner.dead_letter_count().await
+        }
+        async fn take_dead_letter_notices(&self, max: usize) -> SharedResult<Vec<DeadLetter>> {
+            self.inner.take_dead_letter_notices(max).await
         }
     }
 

@@ -10,11 +10,12 @@ use comfy_table::{Table, presets};
 use serde_json::json;
 
 use shared::broker::Broker;
-use shared::shard::{RunRecord, ShardResult, ShardState, unix_now};
+use shared::shard::{AgentHeartbeat, RunRecord, ShardResult, ShardState, unix_now};
 use shared::spec::{BenchmarkSpec, SpecFile, SpecInput};
-use shared::store::Store;
-use shared::{DeviceClass, ModelId, TaskId};
+use shared::store::{AttemptError, Store};
+use shared::{DeviceClass, DeviceSpec, ModelId, TaskId};
 
+use crate::live;
 use crate::render::{self, Format, human_bytes};
 
 /// Splits a comma-separated flag value into trimmed, non-empty items.
@@ -90,23 +91,35 @@ pub fn run_finished(record: &RunRecord, states: &BTreeMap<String, ShardState>) -
 /// progress about every second).
 const STALLED_AFTER_S: f64 = 60.0;
 
+/// Metric points read per running shard for its latest loss and its rate.
+const METRIC_POINTS_READ: usize = 64;
+
+/// Train points (the most recent) the rate of a running shard is measured over.
+const RATE_WINDOW: usize = 10;
+
 /// `qsched status RUN`.
 pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -> Result<String> {
     let record = get_run(store, run).await?;
+    // Shards the broker gave up on while no agent was there to take the notice.
+    if let Some(b) = broker {
+        shared::dead_letters::record_notices(b, store, "qsched").await?;
+    }
     let states = store.states(run).await?;
     let progress = store.progress(run).await?;
     let attempts = store.attempts(run).await?;
     let agents = store.agents().await?;
+    let cancelled = store.is_cancelled(run).await?;
     let counts = state_counts(&record, &states);
     let done = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| n).sum::<usize>();
     let mut out = format!(
-        "run {} ({}), {} shards, submitted {:.0} s ago: {}/{} finished\n",
+        "run {} ({}), {} shards, submitted {:.0} s ago: {}/{} finished{}\n",
         record.run_id,
         record.name,
         record.shard_count,
         unix_now() - record.created_at,
         done,
-        record.shard_count
+        record.shard_count,
+        if cancelled { " (cancelled)" } else { "" }
     );
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
     out.push_str(&format!("states: {}\n", parts.join(", ")));
@@ -128,43 +141,159 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
     let mut running = Table::new();
     running
         .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_header(["shard", "model", "task", "seed", "state", "step", "loss", "agent", "attempts"]);
-    let mut any = false;
+        .set_header(["shard", "model", "task", "seed", "state", "step", "loss", "steps/s", "eta", "agent", "attempts"]);
+    let mut running_etas = Vec::new();
     for s in &record.shards {
         let state = states.get(&s.shard).copied().unwrap_or(ShardState::Queued);
         if state != ShardState::Running {
             continue;
         }
-        any = true;
         let p = progress.get(&s.shard);
+        // The agent running it now, by its heartbeat: before the first train point of an
+        // attempt (no progress record, or one left by an earlier attempt elsewhere) its
+        // heartbeat has the step and total.
+        let beat = agents.iter().find(|a| a.current.as_ref().is_some_and(|(r, sh)| r == run && *sh == s.shard));
+        let (step, total, agent) = match (p, beat) {
+            (Some(p), Some(b)) if p.agent != b.agent => (b.step, b.total_steps, Some(b.agent.clone())),
+            (Some(p), _) => (Some(p.step), Some(p.total_steps), Some(p.agent.clone())),
+            (None, Some(b)) => (b.step, b.total_steps, Some(b.agent.clone())),
+            (None, None) => (None, None, None),
+        };
+        let points = store.metrics(run, &s.shard, METRIC_POINTS_READ).await?;
+        let train: Vec<&shared::shard::MetricPoint> = points.iter().filter(|m| m.kind == "train").collect();
+        // The latest loss known: the progress record's, else the stream's (a train point
+        // without a finite mean loss carries none).
+        let loss = p
+            .filter(|p| agent.as_deref() == Some(p.agent.as_str()))
+            .and_then(|p| p.loss)
+            .or_else(|| train.iter().rev().find_map(|m| m.values.get("loss").copied()));
+        let recent: Vec<(u64, f64)> =
+            train[train.len().saturating_sub(RATE_WINDOW)..].iter().map(|m| (m.step, m.at)).collect();
+        let rate = live::steps_per_second(&recent);
+        let eta = match (step, total) {
+            (Some(step), Some(total)) => live::shard_eta(step, total, rate),
+            _ => None,
+        };
+        running_etas.push(eta);
         // A running shard whose agent stopped heartbeating is stale: its delivery will
         // come back to the queue when the broker notices the dead connection.
-        let stale = p.is_some_and(|p| !live.contains(&p.agent));
+        let stale = agent.as_ref().is_some_and(|a| !live.contains(a));
         // A live agent whose worker reports no progress: stopped or hung (the agent's
         // watchdog kills it after its stall timeout).
-        let silent = p.and_then(|p| progress_at.get(p.agent.as_str())).map(|at| unix_now() - at);
+        let silent = agent.as_deref().and_then(|a| progress_at.get(a)).map(|at| unix_now() - at);
         let state = match silent {
             _ if stale => "running (stale)".to_owned(),
             Some(s) if s >= STALLED_AFTER_S => format!("running (no progress for {s:.0} s)"),
             _ => "running".to_owned(),
         };
+        let dash = || "—".to_owned();
         running.add_row([
             s.shard.clone(),
             s.model.to_string(),
             s.task.to_string(),
             s.seed.to_string(),
             state,
-            p.map_or("—".into(), |p| format!("{}/{}", p.step, p.total_steps)),
-            p.and_then(|p| p.loss).map_or("—".into(), |l| format!("{l:.4}")),
-            p.map_or("—".into(), |p| p.agent.clone()),
+            match (step, total) {
+                (Some(step), Some(total)) => format!("{step}/{total}"),
+                (None, Some(total)) => format!("—/{total}"),
+                (Some(step), None) => step.to_string(),
+                (None, None) => dash(),
+            },
+            loss.map_or_else(dash, |l| format!("{l:.4}")),
+            rate.map_or_else(dash, |r| if r >= 10.0 { format!("{r:.1}") } else { format!("{r:.2}") }),
+            eta.map_or_else(dash, live::human_secs),
+            agent.unwrap_or_else(dash),
             attempts.get(&s.shard).copied().unwrap_or(0).to_string(),
         ]);
     }
-    if any {
+    if !running_etas.is_empty() {
         out.push_str(&running.to_string());
         out.push('\n');
     }
+    out.push_str(&eta_line(store, &record, &counts, running_etas, &agents, cancelled).await?);
+    out.push_str(&retried_attempts(&record, &store.attempt_errors(run).await?));
     Ok(out)
+}
+
+/// The `eta:` line of `status`, saying what it is based on (or why there is none).
+async fn eta_line(
+    store: &dyn Store,
+    record: &RunRecord,
+    counts: &BTreeMap<ShardState, usize>,
+    running: Vec<Option<f64>>,
+    agents: &[AgentHeartbeat],
+    cancelled: bool,
+) -> Result<String> {
+    if cancelled {
+        return Ok("eta: — (the run is cancelled)\n".into());
+    }
+    let waiting = counts.get(&ShardState::Queued).copied().unwrap_or(0);
+    if waiting == 0 && running.is_empty() {
+        // Finished, or only unpublished shards left: nothing will run on its own.
+        return Ok(String::new());
+    }
+    let finished_walls = store
+        .results(record.run_id.as_str())
+        .await?
+        .iter()
+        .filter(|r| matches!(r.status, ShardState::Succeeded | ShardState::Failed))
+        .map(|r| r.wall_seconds)
+        .collect();
+    let class = record.shards.first().map(|s| s.device_class);
+    let agents = class.map_or(0, |c| agents_of_class(agents, c));
+    Ok(match live::run_eta(&live::RunEtaInput { waiting, running, finished_walls, agents }) {
+        live::RunEta::Nothing => String::new(),
+        live::RunEta::Known { secs, basis } => format!("eta: ~{} (based on {basis})\n", live::human_secs(secs)),
+        live::RunEta::Unknown(why) => format!("eta: — ({why})\n"),
+    })
+}
+
+/// Why `status --watch` stops, once it should: the run finished, or it was cancelled
+/// (its queued shards may wait for an agent that never comes, so the watch would not
+/// end otherwise). `None` while it goes on.
+pub async fn watch_stop(store: &dyn Store, record: &RunRecord) -> Result<Option<String>> {
+    let run = record.run_id.as_str();
+    let states = store.states(run).await?;
+    let counts = state_counts(record, &states);
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
+    if run_finished(record, &states) {
+        return Ok(Some(format!("run {run} finished ({})", parts.join(", "))));
+    }
+    if store.is_cancelled(run).await? {
+        return Ok(Some(format!(
+            "run {run} was cancelled (`qsched cancel`); its unfinished shards will not run ({})",
+            parts.join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// Shards listed with their failed-and-retried attempts in `status`; the rest are counted.
+const RETRIED_SHARDS_SHOWN: usize = 20;
+
+/// Why earlier attempts of shards failed (they were retried; a shard's final failure is
+/// in its result), one line each, in the order of the run's shards.
+fn retried_attempts(record: &RunRecord, errors: &BTreeMap<String, Vec<AttemptError>>) -> String {
+    let retried: Vec<_> = record.shards.iter().filter_map(|s| Some((s, errors.get(&s.shard)?))).collect();
+    if retried.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("retried shards ({}):\n", retried.len());
+    for (s, failed) in retried.iter().take(RETRIED_SHARDS_SHOWN) {
+        for e in failed.iter() {
+            // The first line says what happened; a worker's backtrace stays in the log.
+            let first_line = e.error.lines().next().unwrap_or("");
+            let shown: String = first_line.chars().take(200).collect();
+            out.push_str(&format!(
+                "  {} ({} × {}, seed {}): attempt {} failed on {}: {shown}\n",
+                s.shard, s.model, s.task, s.seed, e.attempt, e.agent
+            ));
+        }
+    }
+    if retried.len() > RETRIED_SHARDS_SHOWN {
+        out.push_str(&format!("  … and {} more\n", retried.len() - RETRIED_SHARDS_SHOWN));
+    }
+    out
 }
 
 /// `qsched results RUN`.
@@ -176,53 +305,244 @@ pub async fn results(
 ) -> Result<(String, Vec<ShardResult>, RunRecord)> {
     let record = get_run(store, run).await?;
     let results = store.results(run).await?;
+    if let Some(metric) = metric {
+        check_metric(&results, metric, &format!("run {run}"))?;
+    }
     Ok((render::render_results_by(&results, format, metric), results, record))
 }
 
-/// `qsched agents`.
+/// Refuses a `--metric` that no succeeded result reports, listing the ones they do (a
+/// typo would otherwise print a table of "—"). Without succeeded results there is nothing
+/// to check against.
+fn check_metric(results: &[ShardResult], metric: &str, runs: &str) -> Result<()> {
+    let names = render::metric_names(results);
+    if names.is_empty() || names.iter().any(|n| n == metric) {
+        return Ok(());
+    }
+    bail!("no result of {runs} has a metric named '{metric}'; the results have: {}", names.join(", "))
+}
+
+/// How a finished run ended; `submit --wait` and `submit --local` exit with its code.
+///
+/// When several apply, the highest code wins: a dead-lettered shard has no result at all,
+/// a cancelled run is incomplete, a failed shard has its error in the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RunOutcome {
+    /// Every shard succeeded (exit status 0).
+    Succeeded,
+    /// At least one shard failed (exit status 3).
+    SomeFailed,
+    /// At least one shard was cancelled (exit status 4).
+    Cancelled,
+    /// At least one shard was dead-lettered (exit status 5).
+    DeadLettered,
+}
+
+/// Exit statuses of `qsched submit`, as `qsched submit --help` prints them. Clap itself
+/// exits with 2 on a usage error, so the run outcomes start at 3.
+pub const SUBMIT_EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success; with --wait or --local: every shard succeeded
+  1  error: bad input, missing data, unreachable broker or Redis, no live agent with
+     --require-agents; nothing is recorded or enqueued, unless publishing was cut short
+     (the message then names the run to `qsched submit --resume`)
+  2  usage error (unknown flag or value)
+  3  with --wait or --local: the run finished and at least one shard failed
+  4  with --wait or --local: at least one shard was cancelled
+  5  with --wait or --local: at least one shard was dead-lettered
+When several of 3-5 apply, the highest wins.";
+
+impl RunOutcome {
+    /// The outcome of a finished run from its shard counts by state.
+    pub fn of(counts: &BTreeMap<ShardState, usize>) -> RunOutcome {
+        let any = |state: ShardState| counts.get(&state).is_some_and(|n| *n > 0);
+        if any(ShardState::Dead) {
+            RunOutcome::DeadLettered
+        } else if any(ShardState::Cancelled) {
+            RunOutcome::Cancelled
+        } else if any(ShardState::Failed) {
+            RunOutcome::SomeFailed
+        } else {
+            RunOutcome::Succeeded
+        }
+    }
+
+    /// The process exit status (see [`SUBMIT_EXIT_STATUS_HELP`]).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunOutcome::Succeeded => 0,
+            RunOutcome::SomeFailed => 3,
+            RunOutcome::Cancelled => 4,
+            RunOutcome::DeadLettered => 5,
+        }
+    }
+
+    /// One line for stderr saying how the run ended, with the counts that made it so;
+    /// `None` when every shard succeeded.
+    pub fn summary(self, run: &str, counts: &BTreeMap<ShardState, usize>) -> Option<String> {
+        if self == RunOutcome::Succeeded {
+            return None;
+        }
+        let total: usize = counts.values().sum();
+        let parts: Vec<String> =
+            [(ShardState::Failed, "failed"), (ShardState::Cancelled, "cancelled"), (ShardState::Dead, "dead-lettered")]
+                .into_iter()
+                .filter_map(|(state, word)| counts.get(&state).filter(|n| **n > 0).map(|n| format!("{n} {word}")))
+                .collect();
+        Some(format!(
+            "run {run}: {} of {total} shard(s) did not succeed ({}); exit status {}",
+            total - counts.get(&ShardState::Succeeded).copied().unwrap_or(0),
+            parts.join(", "),
+            self.exit_code()
+        ))
+    }
+}
+
+/// A run that finished with shards that did not succeed. Not a failure of qsched itself:
+/// `qsched` prints the summary and exits with the outcome's code instead of 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnded {
+    /// How the run ended (never [`RunOutcome::Succeeded`]).
+    pub outcome: RunOutcome,
+    /// The line to print, from [`RunOutcome::summary`].
+    pub summary: String,
+}
+
+impl std::fmt::Display for RunEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl std::error::Error for RunEnded {}
+
+/// `Ok` when every shard of the finished run succeeded, otherwise [`RunEnded`].
+pub fn run_result(run: &str, counts: &BTreeMap<ShardState, usize>) -> Result<(), RunEnded> {
+    let outcome = RunOutcome::of(counts);
+    match outcome.summary(run, counts) {
+        None => Ok(()),
+        Some(summary) => Err(RunEnded { outcome, summary }),
+    }
+}
+
+/// Live agents (heartbeating now) whose device is of `class`: the ones that consume its
+/// queue. A heartbeat whose device does not parse consumes nothing qsched publishes.
+pub fn agents_of_class(agents: &[AgentHeartbeat], class: DeviceClass) -> usize {
+    agents.iter().filter(|a| a.device.parse::<DeviceSpec>().is_ok_and(|d| d.class() == class)).count()
+}
+
+/// Before a submit: is any live agent serving `class`? `Ok(None)` when one is;
+/// otherwise the warning to print, or with `require` an error (then nothing is recorded
+/// or enqueued). The shards of a class nobody serves would wait in the queue silently.
+pub async fn check_agents(
+    store: &dyn Store,
+    class: DeviceClass,
+    prefix: &str,
+    require: bool,
+) -> Result<Option<String>> {
+    let agents = store.agents().await?;
+    if agents_of_class(&agents, class) > 0 {
+        return Ok(None);
+    }
+    let example = match class {
+        DeviceClass::Cpu => "cpu",
+        DeviceClass::Cuda => "cuda:0",
+    };
+    let message = format!(
+        "no live {class} agent under prefix '{prefix}' ({} live agent(s) in all): the shards would wait in the {class} \
+         queue until a `qagent --device {example} --prefix {prefix}` starts (`qsched agents` lists the live ones)",
+        agents.len()
+    );
+    if require {
+        bail!("{message}; nothing was submitted (--require-agents)");
+    }
+    Ok(Some(format!("warning: {message}; --require-agents makes this an error")))
+}
+
+/// Columns of `qsched agents` (table and Markdown).
+const AGENT_HEADERS: [&str; 10] =
+    ["agent", "host", "device", "gpu", "current shard", "step", "last progress", "last heartbeat", "shards done", "up"];
+
+/// `qsched agents` in `format`: JSON and CSV carry the raw values (seconds as numbers),
+/// the table and Markdown the same rows for people.
 pub async fn agents(store: &dyn Store, format: Format) -> Result<String> {
     let mut agents = store.agents().await?;
     agents.sort_by(|a, b| a.agent.cmp(&b.agent));
-    if format == Format::Json {
-        return Ok(serde_json::to_string_pretty(&agents)?);
+    let now = unix_now();
+    let age = |at: f64| (now - at).max(0.0);
+    match format {
+        Format::Json => return Ok(format!("{}\n", serde_json::to_string_pretty(&agents)?)),
+        Format::Csv => {
+            let mut out = render::csv_line(&[
+                "agent",
+                "host",
+                "device",
+                "gpu_name",
+                "run",
+                "shard",
+                "step",
+                "total_steps",
+                "last_progress_seconds_ago",
+                "last_heartbeat_seconds_ago",
+                "shards_done",
+                "up_seconds",
+            ]);
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            for a in agents {
+                let (run, shard) = a.current.unwrap_or_default();
+                out.push_str(&render::csv_line(&[
+                    a.agent,
+                    a.host,
+                    a.device,
+                    opt(a.gpu_name),
+                    run,
+                    shard,
+                    opt(a.step.map(|s| s.to_string())),
+                    opt(a.total_steps.map(|s| s.to_string())),
+                    opt(a.progress_at.map(|at| format!("{:.0}", age(at)))),
+                    format!("{:.0}", age(a.at)),
+                    a.shards_done.to_string(),
+                    format!("{:.0}", age(a.started_at)),
+                ]));
+            }
+            return Ok(out);
+        }
+        Format::Table | Format::Markdown => {}
     }
-    if agents.is_empty() {
+    if agents.is_empty() && format == Format::Table {
         return Ok("no live agents\n".into());
     }
+    let rows: Vec<Vec<String>> = agents
+        .into_iter()
+        .map(|a| {
+            vec![
+                a.agent,
+                a.host,
+                a.device,
+                a.gpu_name.unwrap_or_else(|| "—".into()),
+                a.current.map_or("idle".into(), |(r, s)| format!("{r}/{s}")),
+                match (a.step, a.total_steps) {
+                    (Some(s), Some(t)) => format!("{s}/{t}"),
+                    _ => "—".into(),
+                },
+                match a.progress_at.map(age) {
+                    Some(s) if s >= STALLED_AFTER_S => format!("{s:.0} s ago (stalled?)"),
+                    Some(s) => format!("{s:.0} s ago"),
+                    None => "—".into(),
+                },
+                format!("{:.0} s ago", age(a.at)),
+                a.shards_done.to_string(),
+                format!("{:.0} s", age(a.started_at)),
+            ]
+        })
+        .collect();
+    if format == Format::Markdown {
+        return Ok(render::markdown_table(&AGENT_HEADERS, &rows));
+    }
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED).set_header([
-        "agent",
-        "host",
-        "device",
-        "gpu",
-        "current shard",
-        "step",
-        "last progress",
-        "last heartbeat",
-        "shards done",
-        "up",
-    ]);
-    let now = unix_now();
-    for a in agents {
-        t.add_row([
-            a.agent,
-            a.host,
-            a.device,
-            a.gpu_name.unwrap_or_else(|| "—".into()),
-            a.current.map_or("idle".into(), |(r, s)| format!("{r}/{s}")),
-            match (a.step, a.total_steps) {
-                (Some(s), Some(t)) => format!("{s}/{t}"),
-                _ => "—".into(),
-            },
-            match a.progress_at.map(|at| (now - at).max(0.0)) {
-                Some(s) if s >= STALLED_AFTER_S => format!("{s:.0} s ago (stalled?)"),
-                Some(s) => format!("{s:.0} s ago"),
-                None => "—".into(),
-            },
-            format!("{:.0} s ago", (now - a.at).max(0.0)),
-            a.shards_done.to_string(),
-            format!("{:.0} s", (now - a.started_at).max(0.0)),
-        ]);
+    t.load_preset(presets::UTF8_FULL_CONDENSED).set_header(AGENT_HEADERS);
+    for r in rows {
+        t.add_row(r);
     }
     Ok(format!("{t}\n"))
 }
@@ -278,65 +598,139 @@ pub async fn dead_letters(store: &dyn Store, broker: &dyn Broker, limit: usize) 
     Ok(out)
 }
 
+/// Columns of `qsched scales` (one wide row per preset, as in the README).
+const SCALE_HEADERS: [&str; 10] = [
+    "scale",
+    "device",
+    "Qwen3 (layers × hidden, heads/kv × head_dim, mlp)",
+    "Qwen3 params",
+    "OPT (layers × hidden, heads, ffn, LN)",
+    "OPT params",
+    "seq",
+    "train/dev/test",
+    "first-order steps × batch, lr",
+    "zeroth-order steps × batch, lr, ε",
+];
+
+/// The same columns with line breaks in the headers, so that no cell of the table has to wrap.
+const SCALE_TABLE_HEADERS: [&str; 10] = [
+    "scale",
+    "device",
+    "Qwen3 (layers × hidden,\nheads/kv × head_dim, mlp)",
+    "Qwen3\nparams",
+    "OPT (layers × hidden,\nheads, ffn, LN)",
+    "OPT\nparams",
+    "seq",
+    "train/dev/test",
+    "first-order\nsteps × batch, lr",
+    "zeroth-order\nsteps × batch, lr, ε",
+];
+
+/// The widest `qsched scales` table: one that fits a 120-column terminal.
+pub const SCALES_TABLE_WIDTH: u16 = 120;
+
+/// One row per preset, in [`SCALE_HEADERS`] order.
+fn scale_rows() -> Vec<Vec<String>> {
+    shared::scale::all_presets()
+        .into_iter()
+        .map(|p| {
+            let q = &p.qwen3;
+            let o = &p.opt;
+            let count = |n: u32| if n == 0 { "all".to_owned() } else { n.to_string() };
+            vec![
+                p.name.clone(),
+                p.device_class.to_string(),
+                format!(
+                    "{} × {}, {}/{} × {}, {}",
+                    q.num_hidden_layers,
+                    q.hidden_size,
+                    q.num_attention_heads,
+                    q.num_key_value_heads,
+                    q.head_dim,
+                    q.intermediate_size
+                ),
+                format!("{:.1}M", q.classifier_parameters(2) as f64 / 1e6),
+                format!(
+                    "{} × {}, {}, {}, {}{}",
+                    o.num_hidden_layers,
+                    o.hidden_size,
+                    o.num_attention_heads,
+                    o.ffn_dim,
+                    if o.do_layer_norm_before { "pre" } else { "post" },
+                    if o.word_embed_proj_dim != o.hidden_size {
+                        format!(", proj {}", o.word_embed_proj_dim)
+                    } else {
+                        String::new()
+                    }
+                ),
+                format!("{:.1}M", o.parameters() as f64 / 1e6),
+                p.data.max_seq_len.to_string(),
+                format!("{}/{}/{}", count(p.data.train_examples), p.data.dev_examples, count(p.data.test_examples)),
+                format!(
+                    "{} × {}, {:e}",
+                    p.first_order.max_steps, p.first_order.batch_size, p.first_order.learning_rate
+                ),
+                format!(
+                    "{} × {}, {:e}, {:e}",
+                    p.zeroth_order.max_steps,
+                    p.zeroth_order.batch_size,
+                    p.zeroth_order.learning_rate,
+                    p.zeroth_order.zo_eps
+                ),
+            ]
+        })
+        .collect()
+}
+
 /// `qsched scales`: every preset with its shapes and training settings.
-pub fn scales() -> String {
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED).set_header([
-        "scale",
-        "device",
-        "Qwen3 (layers × hidden, heads/kv × head_dim, mlp)",
-        "Qwen3 params",
-        "OPT (layers × hidden, heads, ffn, LN)",
-        "OPT params",
-        "seq",
-        "train/dev/test",
-        "first-order steps × batch, lr",
-        "zeroth-order steps × batch, lr, ε",
-    ]);
-    for p in shared::scale::all_presets() {
-        let q = &p.qwen3;
-        let o = &p.opt;
-        let count = |n: u32| if n == 0 { "all".to_owned() } else { n.to_string() };
-        t.add_row([
-            p.name.clone(),
-            p.device_class.to_string(),
-            format!(
-                "{} × {}, {}/{} × {}, {}",
-                q.num_hidden_layers,
-                q.hidden_size,
-                q.num_attention_heads,
-                q.num_key_value_heads,
-                q.head_dim,
-                q.intermediate_size
-            ),
-            format!("{:.1}M", q.classifier_parameters(2) as f64 / 1e6),
-            format!(
-                "{} × {}, {}, {}, {}{}",
-                o.num_hidden_layers,
-                o.hidden_size,
-                o.num_attention_heads,
-                o.ffn_dim,
-                if o.do_layer_norm_before { "pre" } else { "post" },
-                if o.word_embed_proj_dim != o.hidden_size {
-                    format!(", proj {}", o.word_embed_proj_dim)
-                } else {
-                    String::new()
-                }
-            ),
-            format!("{:.1}M", o.parameters() as f64 / 1e6),
-            p.data.max_seq_len.to_string(),
-            format!("{}/{}/{}", count(p.data.train_examples), p.data.dev_examples, count(p.data.test_examples)),
-            format!("{} × {}, {:e}", p.first_order.max_steps, p.first_order.batch_size, p.first_order.learning_rate),
-            format!(
-                "{} × {}, {:e}, {:e}",
-                p.zeroth_order.max_steps,
-                p.zeroth_order.batch_size,
-                p.zeroth_order.learning_rate,
-                p.zeroth_order.zo_eps
-            ),
-        ]);
+///
+/// The table is two tables (shapes, then data and training) because one row per preset
+/// with every column is about 230 columns wide; each fits [`SCALES_TABLE_WIDTH`]. CSV and
+/// Markdown keep the single wide row (the README's table), JSON has every preset field.
+pub fn scales(format: Format) -> Result<String> {
+    let rows = scale_rows();
+    match format {
+        Format::Json => {
+            let presets: Vec<serde_json::Value> = shared::scale::all_presets()
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "qwen3_parameters": p.qwen3.classifier_parameters(2),
+                        "opt_parameters": p.opt.parameters(),
+                        "preset": p,
+                    })
+                })
+                .collect();
+            Ok(format!("{}\n", serde_json::to_string_pretty(&presets)?))
+        }
+        Format::Csv => {
+            let mut out = render::csv_line(&SCALE_HEADERS);
+            for r in &rows {
+                out.push_str(&render::csv_line(r));
+            }
+            Ok(out)
+        }
+        Format::Markdown => Ok(render::markdown_table(&SCALE_HEADERS, &rows)),
+        Format::Table => {
+            // Columns of each part; `scale` repeats so each table reads on its own.
+            let parts: [&[usize]; 2] = [&[0, 1, 2, 3, 4, 5], &[0, 6, 7, 8, 9]];
+            let tables: Vec<String> = parts
+                .iter()
+                .map(|cols| {
+                    let mut t = Table::new();
+                    t.load_preset(presets::UTF8_FULL_CONDENSED)
+                        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+                        .set_width(SCALES_TABLE_WIDTH)
+                        .set_header(cols.iter().map(|&c| SCALE_TABLE_HEADERS[c]).collect::<Vec<_>>());
+                    for r in &rows {
+                        t.add_row(cols.iter().map(|&c| r[c].clone()).collect::<Vec<_>>());
+                    }
+                    format!("{t}\n")
+                })
+                .collect();
+            Ok(tables.join("\n"))
+        }
     }
-    format!("{t}\n")
 }
 
 /// `qsched compare`: each model against a baseline model, per task, within the runs given.
@@ -352,9 +746,31 @@ pub async fn compare(
         get_run(store, r).await?;
         all.extend(store.results(r).await?);
     }
+    let described = if runs.len() == 1 { format!("run {}", runs[0]) } else { format!("runs {}", runs.join(", ")) };
     if all.is_empty() {
         bail!("no results yet in {}", runs.join(", "));
     }
+    if let Some(metric) = metric {
+        check_metric(&all, metric, &described)?;
+    }
+    let conflicts = render::settings_conflicts(&all);
+    if !conflicts.is_empty() {
+        bail!("{}", conflicts_message(&conflicts));
+    }
+    let with_results = render::models_with_results(&all);
+    let baseline = match baseline {
+        Some(b) if with_results.contains(&b) => Some(b),
+        Some(b) => bail!(
+            "baseline model '{b}' has no succeeded result in {described}; models with results: {}",
+            if with_results.is_empty() {
+                "none".to_owned()
+            } else {
+                with_results.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        ),
+        // The first model that has something to compare against.
+        None => with_results.first().copied(),
+    };
     let aggs = render::aggregate_by(&all, metric);
     let tasks: Vec<TaskId> = {
         let mut t: Vec<TaskId> = aggs.iter().map(|a| a.task).collect();
@@ -447,21 +863,54 @@ pub async fn compare(
     }
 }
 
-/// Polls the store until the run has finished, calling `on_tick` with (finished, total).
+/// Why `compare` refuses to pool results: per model × task, what differs between which runs.
+fn conflicts_message(conflicts: &[render::SettingsConflict]) -> String {
+    const SHOWN: usize = 4;
+    let mut out = String::from(
+        "refusing to compare: results of the same model × task ran with different settings, and one mean \
+         over them would mix those settings:",
+    );
+    for c in conflicts {
+        let diffs: Vec<String> = c
+            .differences
+            .iter()
+            .take(SHOWN)
+            .map(|d| {
+                format!("{} = {} in run {} but {} in run {}", d.path, d.first, c.first_run, d.second, c.second_run)
+            })
+            .collect();
+        let more = c.differences.len().saturating_sub(SHOWN);
+        out.push_str(&format!("\n  {} × {}: {}", c.model, c.task, diffs.join("; ")));
+        if more > 0 {
+            out.push_str(&format!(" (and {more} more setting(s))"));
+        }
+    }
+    out.push_str("\ncompare runs that share these settings, or read each run with `qsched results RUN`");
+    out
+}
+
+/// Polls the store until the run has finished, calling `on_tick` with (finished, total);
+/// returns the final counts by state.
 pub async fn wait_for_run(
     store: &dyn Store,
+    broker: Option<&dyn Broker>,
     run: &str,
     poll: Duration,
     mut on_tick: impl FnMut(usize, usize, &BTreeMap<ShardState, usize>),
-) -> Result<()> {
+) -> Result<BTreeMap<ShardState, usize>> {
     let record = get_run(store, run).await?;
     loop {
+        // A shard the broker gave up on ends the wait too (its notice marks it dead),
+        // even with no agent left to take the notice. A broker blip only delays that.
+        if let Some(b) = broker {
+            let _ = shared::dead_letters::record_notices(b, store, "qsched").await;
+        }
         let states = store.states(run).await?;
         let counts = state_counts(&record, &states);
         let done = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| n).sum::<usize>();
         on_tick(done, record.shards.len(), &counts);
         if run_finished(&record, &states) {
-            return Ok(());
+            return Ok(counts);
         }
         tokio::time::sleep(poll).await;
     }
@@ -481,12 +930,206 @@ mod tests {
     }
 
     #[test]
-    fn scales_table_lists_every_preset() {
-        let t = scales();
+    fn scales_in_every_format() {
+        let t = scales(Format::Table).unwrap();
         for name in ["tiny", "small", "medium", "large"] {
             assert!(t.contains(name), "{t}");
         }
-        assert!(t.contains("28 × 1024, 16/8 × 128, 3072"), "{t}");
+        // No cell wraps.
+        for cell in ["28 × 1024, 16/8 × 128, 3072", "24 × 1024, 16, 4096, post, proj 512", "20000 × 16, 1e-6, 1e-3"]
+        {
+            assert!(t.contains(cell), "{cell}: {t}");
+        }
+        for line in t.lines() {
+            let width = line.chars().count();
+            assert!(width <= SCALES_TABLE_WIDTH as usize, "{width} columns: {line}\n{t}");
+        }
+
+        let json: serde_json::Value = serde_json::from_str(&scales(Format::Json).unwrap()).unwrap();
+        let presets = json.as_array().unwrap();
+        assert_eq!(presets.len(), 4);
+        assert_eq!(presets[0]["preset"]["name"], "tiny");
+        assert_eq!(presets[3]["preset"]["qwen3"]["num_hidden_layers"], 28);
+        assert!(presets[3]["qwen3_parameters"].as_u64().unwrap() > 500_000_000);
+
+        let csv = scales(Format::Csv).unwrap();
+        assert_eq!(csv.lines().count(), 5, "{csv}");
+        assert!(
+            csv.starts_with("scale,device,\"Qwen3 (layers × hidden, heads/kv × head_dim, mlp)\",Qwen3 params,"),
+            "{csv}"
+        );
+        assert!(csv.contains("\ntiny,cpu,\"2 × 64, 4/2 × 16, 192\",9.8M,"), "{csv}");
+
+        // The Markdown rows are the README's table (which adds notes to some cells).
+        let md = scales(Format::Markdown).unwrap();
+        let readme = include_str!("../../README.md");
+        for row in md.lines().skip(2) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", cells[0])))
+                .unwrap_or_else(|| panic!("README has no row for scale {}", cells[0]));
+            for cell in cells {
+                assert!(line.contains(cell), "README row lacks {cell:?}:\n{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_outcomes_and_their_exit_codes() {
+        use ShardState::*;
+        let counts = |pairs: &[(ShardState, usize)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+        let ok = counts(&[(Succeeded, 3)]);
+        assert_eq!(RunOutcome::of(&ok), RunOutcome::Succeeded);
+        assert_eq!(RunOutcome::of(&ok).exit_code(), 0);
+        assert_eq!(RunOutcome::Succeeded.summary("r", &ok), None);
+        let failed = counts(&[(Succeeded, 2), (Failed, 1)]);
+        assert_eq!(RunOutcome::of(&failed).exit_code(), 3);
+        assert_eq!(
+            RunOutcome::of(&failed).summary("r1", &failed).unwrap(),
+            "run r1: 1 of 3 shard(s) did not succeed (1 failed); exit status 3"
+        );
+        assert_eq!(RunOutcome::of(&counts(&[(Failed, 1), (Cancelled, 2)])).exit_code(), 4);
+        let all = counts(&[(Failed, 1), (Cancelled, 1), (Dead, 1), (Succeeded, 1)]);
+        assert_eq!(RunOutcome::of(&all), RunOutcome::DeadLettered);
+        assert_eq!(
+            RunOutcome::of(&all).summary("r", &all).unwrap(),
+            "run r: 3 of 4 shard(s) did not succeed (1 failed, 1 cancelled, 1 dead-lettered); exit status 5"
+        );
+        assert_eq!(run_result("r", &ok), Ok(()));
+        let ended = run_result("r", &all).unwrap_err();
+        assert_eq!((ended.outcome, ended.to_string().ends_with("exit status 5")), (RunOutcome::DeadLettered, true));
+        // Every code is documented in `qsched submit --help`.
+        for outcome in [RunOutcome::Succeeded, RunOutcome::SomeFailed, RunOutcome::Cancelled, RunOutcome::DeadLettered]
+        {
+            assert!(SUBMIT_EXIT_STATUS_HELP.contains(&format!("\n  {}  ", outcome.exit_code())), "{outcome:?}");
+        }
+    }
+
+    fn beat(agent: &str, device: &str) -> AgentHeartbeat {
+        let now = unix_now();
+        AgentHeartbeat {
+            agent: agent.into(),
+            host: "host-a".into(),
+            device: device.into(),
+            gpu_name: (device != "cpu").then(|| "NVIDIA H200, 141 GB".to_owned()),
+            current: (device == "cpu").then(|| ("r1".to_owned(), "s1".to_owned())),
+            step: Some(7),
+            total_steps: Some(40),
+            progress_at: Some(now - 3.0),
+            started_at: now - 100.0,
+            at: now - 1.0,
+            shards_done: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_class_without_a_live_agent_is_a_warning_or_with_require_an_error() {
+        let store = MemoryStore::new();
+        let warning = check_agents(&store, DeviceClass::Cpu, "p", false).await.unwrap().unwrap();
+        assert!(warning.starts_with("warning: no live cpu agent under prefix 'p'"), "{warning}");
+        let err = check_agents(&store, DeviceClass::Cpu, "p", true).await.unwrap_err().to_string();
+        assert!(err.contains("no live cpu agent") && err.contains("nothing was submitted"), "{err}");
+        store.heartbeat(&beat("h:cuda:0:1", "cuda:0"), Duration::from_secs(60)).await.unwrap();
+        // A GPU agent does not serve the cpu queue.
+        let err = check_agents(&store, DeviceClass::Cpu, "p", true).await.unwrap_err().to_string();
+        assert!(err.contains("(1 live agent(s) in all)"), "{err}");
+        assert_eq!(check_agents(&store, DeviceClass::Cuda, "p", true).await.unwrap(), None);
+        store.heartbeat(&beat("h:cpu:2", "cpu"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(check_agents(&store, DeviceClass::Cpu, "p", true).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn agents_in_every_format() {
+        let store = MemoryStore::new();
+        assert_eq!(agents(&store, Format::Table).await.unwrap(), "no live agents\n");
+        assert_eq!(agents(&store, Format::Csv).await.unwrap().lines().count(), 1);
+        assert_eq!(agents(&store, Format::Json).await.unwrap().trim(), "[]");
+        store.heartbeat(&beat("h:cpu:2", "cpu"), Duration::from_secs(60)).await.unwrap();
+        store.heartbeat(&beat("h:cuda:0:1", "cuda:0"), Duration::from_secs(60)).await.unwrap();
+
+        let csv = agents(&store, Format::Csv).await.unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "{csv}");
+        assert!(lines[0].starts_with("agent,host,device,gpu_name,run,shard,step,total_steps,"), "{csv}");
+        assert!(lines[1].starts_with("h:cpu:2,host-a,cpu,,r1,s1,7,40,3,1,2,100"), "{csv}");
+        // The GPU name has a comma: quoted, so the row keeps its 12 columns.
+        assert!(lines[2].starts_with("h:cuda:0:1,host-a,cuda:0,\"NVIDIA H200, 141 GB\",,,7,40,"), "{csv}");
+        assert!(!csv.contains('│') && !csv.contains('—'), "{csv}");
+
+        let md = agents(&store, Format::Markdown).await.unwrap();
+        assert!(md.starts_with("| agent | host | device | gpu | current shard |"), "{md}");
+        assert!(md.contains("| h:cpu:2 | host-a | cpu | — | r1/s1 | 7/40 | 3 s ago |"), "{md}");
+        assert_eq!(md.lines().count(), 4, "{md}");
+
+        let json: serde_json::Value = serde_json::from_str(&agents(&store, Format::Json).await.unwrap()).unwrap();
+        assert_eq!(json[0]["device"], "cpu");
+        assert_eq!(json[1]["gpu_name"], "NVIDIA H200, 141 GB");
+
+        let table = agents(&store, Format::Table).await.unwrap();
+        assert!(table.contains("r1/s1") && table.contains('│'), "{table}");
+    }
+
+    /// A run of qwen3 × SST-2, seeds 1 and 2, at `max_steps`, with one result per shard
+    /// recorded as an agent records it (the shard under `config.shard`).
+    async fn run_with_results(store: &MemoryStore, run: &str, max_steps: u32, accs: &[f64]) {
+        let flags = SpecFlags {
+            models: Some("qwen3".into()),
+            seeds: Some("1,2".into()),
+            set: vec![format!("first_order.max_steps={max_steps}")],
+            ..Default::default()
+        };
+        let spec = resolve_spec(&flags).unwrap();
+        let broker = MemoryBroker::default();
+        let record = scheduler::submit(&spec, &shared::RunId::new(run).unwrap(), &broker, store).await.unwrap();
+        for (shard, acc) in scheduler::shards_of(&record).unwrap().iter().zip(accs) {
+            let mut r = crate::render::tests::result(shard.model, shard.seed, Some(*acc));
+            r.run = run.into();
+            r.shard = shard.shard_id.to_string();
+            r.task = shard.task;
+            r.config = json!({ "shard": shard, "evaluations": [] });
+            assert!(store.put_result(&r).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_metric_or_baseline_is_an_error_listing_the_valid_names() {
+        let store = MemoryStore::new();
+        run_with_results(&store, "r1", 10, &[0.5, 0.6]).await;
+        let err = results(&store, "r1", Format::Table, Some("acuracy")).await.unwrap_err().to_string();
+        assert_eq!(err, "no result of run r1 has a metric named 'acuracy'; the results have: accuracy");
+        let (text, _, _) = results(&store, "r1", Format::Table, Some("accuracy")).await.unwrap();
+        assert!(text.contains("0.5500 ± 0.0707"), "{text}");
+
+        let runs = vec!["r1".to_owned()];
+        let err = compare(&store, &runs, None, Some("f1"), Format::Table).await.unwrap_err().to_string();
+        assert!(err.contains("no result of run r1 has a metric named 'f1'; the results have: accuracy"), "{err}");
+        let err = compare(&store, &runs, Some(ModelId::FtOpt), None, Format::Table).await.unwrap_err().to_string();
+        assert_eq!(err, "baseline model 'ft-opt' has no succeeded result in run r1; models with results: qwen3");
+        let out = compare(&store, &runs, Some(ModelId::Qwen3), None, Format::Csv).await.unwrap();
+        assert!(out.starts_with("task,model,metric,mean ± std,n,Δ vs qwen3,"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn compare_refuses_to_pool_runs_whose_settings_differ() {
+        let store = MemoryStore::new();
+        run_with_results(&store, "r-short", 10, &[0.5, 0.6]).await;
+        run_with_results(&store, "r-long", 400, &[0.8, 0.9]).await;
+        run_with_results(&store, "r-long-again", 400, &[0.85, 0.95]).await;
+        let runs = vec!["r-short".to_owned(), "r-long".to_owned()];
+        for format in [Format::Table, Format::Json, Format::Csv, Format::Markdown] {
+            let err = compare(&store, &runs, None, None, format).await.unwrap_err().to_string();
+            assert!(
+                err.starts_with("refusing to compare: results of the same model × task ran with different"),
+                "{err}"
+            );
+            assert!(err.contains("qwen3 × sst2: train.max_steps = 400 in run r-long but 10 in run r-short"), "{err}");
+        }
+        // The same settings in two runs pool: n = 4.
+        let same = vec!["r-long".to_owned(), "r-long-again".to_owned()];
+        let json: serde_json::Value =
+            serde_json::from_str(&compare(&store, &same, None, None, Format::Json).await.unwrap()).unwrap();
+        assert_eq!(json[0]["n"], 4);
     }
 
     #[tokio::test]
@@ -503,5 +1146,122 @@ mod tests {
         assert!(results.is_empty());
         assert_eq!(out.trim(), "[]");
         assert!(status(&store, None, "nope").await.unwrap_err().to_string().contains("run 'nope' not found"));
+
+        // An attempt that failed and was retried is shown with its reason (first line).
+        let shard = &record.shards[0].shard;
+        let failed = AttemptError {
+            attempt: 1,
+            agent: "host:cpu:7".into(),
+            error: "worker killed by SIGKILL\nbacktrace…".into(),
+            at: 0.0,
+        };
+        store.record_attempt_error("r1", shard, &failed).await.unwrap();
+        let text = status(&store, None, "r1").await.unwrap();
+        assert!(text.contains("retried shards (1):"), "{text}");
+        assert!(text.contains(&format!("{shard} (qwen3 × sst2, seed ")), "{text}");
+        assert!(text.contains("attempt 1 failed on host:cpu:7: worker killed by SIGKILL\n"), "{text}");
+        assert!(!text.contains("backtrace"), "{text}");
+    }
+    /// A running shard shows its step before the first train point (from its agent's
+    /// heartbeat), the latest loss the stream knows, a rate and an ETA; the run an ETA
+    /// with its basis; `watch_stop` names a cancellation and then the end.
+    #[tokio::test]
+    async fn live_progress_of_running_shards_and_when_a_watch_stops() {
+        let store = MemoryStore::new();
+        let broker = MemoryBroker::default();
+        let flags = SpecFlags { models: Some("qwen3".into()), seeds: Some("1,2,3".into()), ..Default::default() };
+        let spec = resolve_spec(&flags).unwrap();
+        let record = scheduler::submit(&spec, &shared::RunId::new("r2").unwrap(), &broker, &store).await.unwrap();
+        let (a, b) = (&record.shards[0].shard, &record.shards[1].shard);
+        store.set_state("r2", a, ShardState::Running).await.unwrap();
+        let mut beat = beat("host:cpu:1", "cpu");
+        beat.current = Some(("r2".into(), a.clone()));
+        beat.step = Some(0);
+        beat.total_steps = Some(100);
+        store.heartbeat(&beat, Duration::from_secs(60)).await.unwrap();
+        let text = status(&store, None, "r2").await.unwrap();
+        assert!(text.contains("┆ 0/100 "), "{text}");
+        assert!(text.contains("host:cpu:1"), "{text}");
+        assert!(text.contains("eta: — (a running shard has no rate yet and no shard has finished)"), "{text}");
+
+        // Train points at 2 steps/s; the last one has no finite loss, the one before does.
+        let point = |step: u64, at: f64, loss: Option<f64>| shared::shard::MetricPoint {
+            step,
+            kind: "train".into(),
+            values: loss.map(|l| BTreeMap::from([("loss".to_owned(), l)])).unwrap_or_default(),
+            at,
+        };
+        let t = unix_now();
+        store.append_metrics("r2", a, &[point(20, t - 20.0, Some(0.75)), point(60, t, None)]).await.unwrap();
+        let progress =
+            shared::store::Progress { step: 60, total_steps: 100, agent: "host:cpu:1".into(), loss: None, at: t };
+        store.set_progress("r2", a, &progress).await.unwrap();
+        let mut result = run_result_of(&record, b, 50.0);
+        result.status = ShardState::Succeeded;
+        store.put_result(&result).await.unwrap();
+        let text = status(&store, None, "r2").await.unwrap();
+        assert!(text.contains("┆ 60/100 ") && text.contains("┆ 0.7500 "), "{text}");
+        assert!(text.contains("┆ 2.00 ") && text.contains("┆ 20s "), "{text}");
+        // 1 queued × 50 s + 20 s running, over the one agent.
+        assert!(
+            text.contains(
+                "eta: ~1m 10s (based on 1 queued × 50s mean wall time of 1 finished shard(s) + \
+                 1 running shard(s) at their current rate, over 1 agent(s))"
+            ),
+            "{text}"
+        );
+        assert_eq!(watch_stop(&store, &record).await.unwrap(), None);
+
+        store.cancel("r2").await.unwrap();
+        let why = watch_stop(&store, &record).await.unwrap().unwrap();
+        assert!(why.starts_with("run r2 was cancelled (`qsched cancel`)"), "{why}");
+        assert!(status(&store, None, "r2").await.unwrap().contains("eta: — (the run is cancelled)"));
+        for s in &record.shards {
+            store.force_state("r2", &s.shard, ShardState::Cancelled).await.unwrap();
+        }
+        let why = watch_stop(&store, &record).await.unwrap().unwrap();
+        assert_eq!(why, "run r2 finished (cancelled 3)");
+    }
+
+    /// A result of `shard` of `record` with `wall_seconds`.
+    fn run_result_of(record: &RunRecord, shard: &str, wall_seconds: f64) -> ShardResult {
+        let s = record.shards.iter().find(|s| s.shard == shard).unwrap();
+        ShardResult {
+            run: record.run_id.to_string(),
+            shard: shard.to_owned(),
+            model: s.model,
+            task: s.task,
+            seed: s.seed,
+            scale: "tiny".into(),
+            device: "cpu".into(),
+            gpu_name: None,
+            host: "host".into(),
+            agent: "host:cpu:1".into(),
+            status: ShardState::Succeeded,
+            error: None,
+            metrics: BTreeMap::new(),
+            dev_metrics: BTreeMap::new(),
+            primary_metric: None,
+            best_step: None,
+            steps: 100,
+            peak_memory_bytes: 0,
+            peak_memory_kind: "host_rss_peak".into(),
+            wall_seconds,
+            train_seconds: wall_seconds,
+            steps_per_second: 1.0,
+            tokens_per_second: 1.0,
+            skipped_steps: 0,
+            precision: "fp32".into(),
+            threads: 1,
+            parameters: 1,
+            split_sizes: BTreeMap::new(),
+            data_checksums: BTreeMap::new(),
+            config: serde_json::Value::Null,
+            attempt: 1,
+            resumed_from_step: None,
+            started_at: 0.0,
+            finished_at: 0.0,
+            traceparent: None,
+        }
     }
 }

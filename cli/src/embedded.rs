@@ -6,6 +6,7 @@
 //! differ. It is chosen explicitly with `--local`; an unreachable broker without it is an
 //! error, never a reason to switch modes.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,12 +37,16 @@ pub struct LocalOptions {
     pub worker_command: Vec<OsString>,
 }
 
-/// Runs `spec` to completion locally and returns the run id and its results.
+/// What a local run left: its id, its results, and its shards counted by final state
+/// (a dead-lettered shard has a state but no result).
+pub type LocalRun = (shared::RunId, Vec<ShardResult>, BTreeMap<ShardState, usize>);
+
+/// Runs `spec` to completion locally and returns the run id, its results and its counts.
 pub async fn run_local(
     spec: &BenchmarkSpec,
     opts: LocalOptions,
-    mut on_progress: impl FnMut(usize, usize, &std::collections::BTreeMap<ShardState, usize>),
-) -> Result<(shared::RunId, Vec<ShardResult>)> {
+    mut on_progress: impl FnMut(usize, usize, &BTreeMap<ShardState, usize>),
+) -> Result<LocalRun> {
     if opts.devices.is_empty() {
         bail!("--devices is empty");
     }
@@ -116,5 +121,6 @@ pub async fn run_local(
     }
     waited?;
     let results = store.results(&run_id).await?;
-    Ok((run_id, results))
+    let counts = crate::commands::state_counts(&record, &store.states(&run_id).await?);
+    Ok((run_id, results, counts))
 }

@@ -8,4 +8,5 @@
 pub mod commands;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod live;
 pub mod render;

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::commands::{self, SpecFlags};
 use cli::render::Format;
-use shared::amqp::{AmqpBroker, AmqpConfig};
+use shared::amqp::AmqpBroker;
+use shared::endpoints::Endpoints;
 use shared::redis_store::RedisStore;
 use shared::{DeviceSpec, ModelId};
 
@@ -25,63 +26,25 @@ struct Cli {
 
 #[derive(Args, Debug, Clone)]
 struct Conn {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        global = true,
-        env = "QSCHED_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        global = true,
-        env = "QSCHED_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    redis: String,
-    /// Read the RabbitMQ URL from this file (first line) instead of --amqp / QSCHED_AMQP_URL:
-    /// keeps the password out of `ps`.
-    #[arg(long, global = true, value_name = "FILE")]
-    amqp_file: Option<PathBuf>,
-    /// Read the Redis URL from this file (first line) instead of --redis / QSCHED_REDIS_URL:
-    /// keeps the password out of `ps`.
-    #[arg(long, global = true, value_name = "FILE")]
-    redis_file: Option<PathBuf>,
+    #[command(flatten)]
+    endpoints: Endpoints,
     /// Prefix of queue names and Redis keys.
     #[arg(long, global = true, env = "QSCHED_PREFIX", default_value = "qsched")]
     prefix: String,
 }
 
-impl Conn {
-    fn amqp_url(&self) -> Result<String> {
-        Ok(match &self.amqp_file {
-            Some(path) => shared::secrets::read_url_file(path)?,
-            None => self.amqp.clone(),
-        })
-    }
-
-    fn redis_url(&self) -> Result<String> {
-        Ok(match &self.redis_file {
-            Some(path) => shared::secrets::read_url_file(path)?,
-            None => self.redis.clone(),
-        })
-    }
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Expand a benchmark into shards and publish them (or run them here with --local).
+    #[command(after_help = commands::SUBMIT_EXIT_STATUS_HELP)]
     Submit(Box<SubmitArgs>),
     /// Shard counts by state and live progress of a run.
     Status {
         /// Run id.
         run: String,
-        /// Refresh every N seconds until the run finishes.
-        #[arg(long)]
+        /// Refresh every SECS seconds (default 2) until the run finishes or is cancelled:
+        /// redrawn in place on a terminal, appended blocks otherwise.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
     /// Results of a run: mean ± std over seeds per model × task (JSON: one object per shard).
@@ -138,7 +101,17 @@ enum Command {
         limit: usize,
     },
     /// The scale presets.
-    Scales,
+    Scales {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `qsched completions bash > ~/.local/share/bash-completion/completions/qsched`.
+    Completions {
+        /// Shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one shard from stdin (embedded mode's worker; not for direct use).
     #[command(hide = true)]
     Worker,
@@ -186,18 +159,32 @@ struct SubmitArgs {
     /// resolved or recorded).
     #[arg(long, value_name = "RUN", conflicts_with_all = ["spec", "scale", "models", "tasks", "seeds", "device_class", "set", "local"])]
     resume: Option<String>,
-    /// Block until the run ends, then print its results.
+    /// Block until the run ends, then print its results; the exit status says how it ended
+    /// (see below).
     #[arg(long)]
     wait: bool,
+    /// Refuse the submit (exit 1, nothing recorded or enqueued) when no live agent serves
+    /// the run's device class; without it that is a warning.
+    #[arg(long, conflicts_with = "local")]
+    require_agents: bool,
     /// Results format (with --wait or --local).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// No progress bar with --wait or --local, and no "submitted run" line: only warnings,
+    /// errors, the results and the run id print (for scripts).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Worker) {
         return worker();
+    }
+    if let Command::Completions { shell } = cli.command {
+        // Needs no service: printed before the runtime and telemetry start.
+        clap_complete::generate(shell, &mut Cli::command(), "qsched", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
     }
     let _telemetry = shared::telemetry::init("qsched", "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -209,10 +196,17 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qsched: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        // A run that ended with failed, cancelled or dead-lettered shards: its own status.
+        Err(e) => match e.downcast_ref::<commands::RunEnded>() {
+            Some(ended) => {
+                eprintln!("qsched: {ended}");
+                ExitCode::from(ended.outcome.exit_code())
+            }
+            None => {
+                eprintln!("qsched: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -228,12 +222,11 @@ fn worker() -> ExitCode {
 }
 
 async fn broker(conn: &Conn) -> Result<AmqpBroker> {
-    let cfg = AmqpConfig::new(conn.amqp_url()?).with_prefix(conn.prefix.clone());
-    Ok(AmqpBroker::connect(cfg).await?)
+    Ok(AmqpBroker::connect(conn.endpoints.amqp_config(&conn.prefix)?).await?)
 }
 
 async fn store(conn: &Conn) -> Result<RedisStore> {
-    Ok(RedisStore::connect(&conn.redis_url()?, &conn.prefix).await?)
+    Ok(RedisStore::connect_with(conn.endpoints.redis_config(&conn.prefix)?).await?)
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -243,18 +236,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { run, watch } => {
             let store = store(&conn).await?;
             let broker = broker(&conn).await.ok();
-            loop {
-                let text =
-                    commands::status(&store, broker.as_ref().map(|b| b as &dyn shared::broker::Broker), &run).await?;
-                print!("{text}");
-                let Some(secs) = watch else { return Ok(()) };
-                let record = commands::get_run(&store, &run).await?;
-                if commands::run_finished(&record, &shared::store::Store::states(&store, &run).await?) {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
-                println!();
-            }
+            let broker = broker.as_ref().map(|b| b as &dyn shared::broker::Broker);
+            let Some(secs) = watch else {
+                print!("{}", commands::status(&store, broker, &run).await?);
+                return Ok(());
+            };
+            watch_status(&store, broker, &run, Duration::from_secs(secs.max(1))).await
         }
         Command::Results { run, format, metric } => {
             let store = store(&conn).await?;
@@ -305,15 +292,50 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", commands::dead_letters(&store, &broker, limit).await?);
             Ok(())
         }
-        Command::Scales => {
-            print!("{}", commands::scales());
+        Command::Scales { format } => {
+            print!("{}", commands::scales(format)?);
             Ok(())
         }
-        Command::Worker => unreachable!("handled before the runtime starts"),
+        Command::Worker | Command::Completions { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 
-fn progress_bar(total: usize) -> ProgressBar {
+/// `qsched status RUN --watch`: a block every `every` until the run finishes or is
+/// cancelled, then the final block and why the watch stopped (exit status 0).
+async fn watch_status(
+    store: &RedisStore,
+    broker: Option<&dyn shared::broker::Broker>,
+    run: &str,
+    every: Duration,
+) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let record = commands::get_run(store, run).await?;
+    let stdout = std::io::stdout();
+    let mode = cli::live::WatchMode::choose(stdout.is_terminal(), std::env::var("TERM").ok().as_deref());
+    let mut screen = cli::live::WatchScreen::new(mode);
+    loop {
+        // Decided before the block is read, so the final block shows the end it names.
+        let stop = commands::watch_stop(store, &record).await?;
+        let block = commands::status(store, broker, run).await?;
+        let mut out = stdout.lock();
+        out.write_all(screen.frame(&block).as_bytes())?;
+        if let Some(why) = &stop {
+            writeln!(out, "watch stopped: {why}")?;
+        }
+        out.flush()?;
+        drop(out);
+        if stop.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The progress bar of `submit --wait` / `--local` on stderr; hidden with `--quiet`.
+fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}")
@@ -331,13 +353,18 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
     if let Some(run) = &args.resume {
         let broker = broker(conn).await?;
         let store = store(conn).await?;
+        if let Some(class) = commands::get_run(&store, run).await?.shards.first().map(|s| s.device_class)
+            && let Some(warning) = commands::check_agents(&store, class, &conn.prefix, args.require_agents).await?
+        {
+            eprintln!("{warning}");
+        }
         let published = scheduler::resume(run, &broker, &store).await?;
         if published.is_empty() {
             eprintln!("run {run} was fully published; nothing to resume");
         } else {
             eprintln!("run {run}: published the {} shard(s) the interrupted submit had not", published.len());
         }
-        return finish_submit(&store, run, &args).await;
+        return finish_submit(&store, &broker, run, &args).await;
     }
     let flags = SpecFlags {
         spec: args.spec.clone(),
@@ -358,6 +385,10 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
     // Connect to both services before publishing anything.
     let broker = broker(conn).await?;
     let store = store(conn).await?;
+    // With --require-agents this refuses before anything is recorded.
+    if let Some(warning) = commands::check_agents(&store, spec.device_class, &conn.prefix, args.require_agents).await? {
+        eprintln!("{warning}");
+    }
     let run_id = scheduler::new_run_id();
     let record = match scheduler::submit(&spec, &run_id, &broker, &store).await {
         Ok(record) => record,
@@ -372,19 +403,22 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
             return Err(e.into());
         }
     };
-    eprintln!(
-        "submitted run {run_id}: {} shard(s) ({} on {} agents)",
-        record.shard_count, spec.name, spec.device_class
-    );
-    finish_submit(&store, &run_id, &args).await
+    if !args.quiet {
+        eprintln!(
+            "submitted run {run_id}: {} shard(s) ({} on {} agents)",
+            record.shard_count, spec.name, spec.device_class
+        );
+    }
+    finish_submit(&store, &broker, &run_id, &args).await
 }
 
-/// After publishing: with `--wait`, follow the run and print its results; then the run id.
-async fn finish_submit(store: &RedisStore, run_id: &str, args: &SubmitArgs) -> Result<()> {
+/// After publishing: with `--wait`, follow the run and print its results; then the run
+/// id. A waited-for run with shards that did not succeed ends in [`commands::RunEnded`].
+async fn finish_submit(store: &RedisStore, broker: &AmqpBroker, run_id: &str, args: &SubmitArgs) -> Result<()> {
     if args.wait {
         let record = commands::get_run(store, run_id).await?;
-        let bar = progress_bar(record.shard_count as usize);
-        commands::wait_for_run(store, run_id, Duration::from_secs(1), |done, _, counts| {
+        let bar = progress_bar(record.shard_count as usize, args.quiet);
+        let counts = commands::wait_for_run(store, Some(broker), run_id, Duration::from_secs(1), |done, _, counts| {
             bar.set_position(done as u64);
             bar.set_message(progress_message(counts));
         })
@@ -392,9 +426,10 @@ async fn finish_submit(store: &RedisStore, run_id: &str, args: &SubmitArgs) -> R
         bar.finish_and_clear();
         let (text, _, _) = commands::results(store, run_id, args.format, None).await?;
         println!("{text}");
-        if args.format == Format::Json {
-            return Ok(());
+        if args.format != Format::Json {
+            println!("{run_id}");
         }
+        return Ok(commands::run_result(run_id, &counts)?);
     }
     println!("{run_id}");
     Ok(())
@@ -416,8 +451,8 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
         worker_command: vec![exe.into_os_string(), "worker".into()],
     };
     let total = spec.models.len() * spec.tasks.len() * spec.seeds.len();
-    let bar = progress_bar(total);
-    let (run_id, results) = cli::embedded::run_local(&spec, opts, |done, _, counts| {
+    let bar = progress_bar(total, args.quiet);
+    let (run_id, results, counts) = cli::embedded::run_local(&spec, opts, |done, _, counts| {
         bar.set_position(done as u64);
         bar.set_message(progress_message(counts));
     })
@@ -429,14 +464,64 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
     } else {
         eprintln!("run {run_id}");
     }
-    let failed = results.iter().filter(|r| r.status != shared::shard::ShardState::Succeeded).count();
-    if failed > 0 {
-        bail!("{failed} of {} shard(s) did not succeed", results.len());
-    }
-    Ok(())
+    Ok(commands::run_result(&run_id, &counts)?)
 }
 
 #[cfg(not(feature = "embedded"))]
 async fn submit_local(_spec: shared::spec::BenchmarkSpec, _args: SubmitArgs) -> Result<()> {
     bail!("this qsched was built without the `embedded` feature; --local is unavailable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Each shell's script names the binary and the subcommands.
+    #[test]
+    fn completions_for_each_shell() {
+        for (shell, marker) in [
+            (clap_complete::Shell::Bash, "_qsched()"),
+            (clap_complete::Shell::Zsh, "#compdef qsched"),
+            (clap_complete::Shell::Fish, "complete -c qsched"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "qsched", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains(marker), "{shell}: {script}");
+            for sub in ["submit", "results", "compare", "scales", "completions"] {
+                assert!(script.contains(sub), "{shell} lacks {sub}");
+            }
+        }
+    }
+
+    #[test]
+    fn submit_help_documents_the_exit_statuses_and_require_agents() {
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("submit").unwrap().render_long_help().to_string();
+        assert!(help.contains(commands::SUBMIT_EXIT_STATUS_HELP.lines().next().unwrap()), "{help}");
+        assert!(help.contains("5  with --wait or --local: at least one shard was dead-lettered"), "{help}");
+        assert!(help.contains("--require-agents"), "{help}");
+        let cli = Cli::try_parse_from(["qsched", "submit", "--local", "--require-agents"]);
+        assert!(cli.is_err(), "--require-agents with --local");
+        let cli = Cli::try_parse_from(["qsched", "scales", "--format", "csv"]).unwrap();
+        assert!(matches!(cli.command, Command::Scales { format: Format::Csv }));
+    }
+
+    #[test]
+    fn status_watch_takes_an_optional_period_and_submit_a_quiet_flag() {
+        let watch = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Status { watch, .. } => watch,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(watch(&["qsched", "status", "r-1"]), None);
+        assert_eq!(watch(&["qsched", "status", "r-1", "--watch"]), Some(2));
+        assert_eq!(watch(&["qsched", "status", "r-1", "--watch", "5"]), Some(5));
+        let cli = Cli::try_parse_from(["qsched", "submit", "--wait", "--quiet"]).unwrap();
+        assert!(matches!(cli.command, Command::Submit(args) if args.quiet && args.wait));
+    }
 }

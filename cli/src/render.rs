@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use shared::shard::{ShardResult, ShardState};
 use shared::{ModelId, TaskId};
 
-/// Output format of `results`, `compare` and `submit --wait`.
+/// Output format of `results`, `compare`, `agents`, `scales` and `submit --wait`/`--local`;
+/// every command that takes it honours each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Aligned table for terminals.
@@ -263,8 +264,169 @@ pub fn render_results_by(results: &[ShardResult], format: Format, metric: Option
     }
 }
 
+/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break, so
+/// values such as "2 × 64, 4/2 × 16" stay one column.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+/// One CSV line of `fields`, with its newline.
+pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line = fields.iter().map(|f| csv_field(f.as_ref())).collect::<Vec<_>>().join(",");
+    line.push('\n');
+    line
+}
+
+/// A Markdown table of `headers` and `rows` (a `|` inside a cell is escaped).
+pub fn markdown_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+    let cell = |c: &str| c.replace('|', "\\|");
+    let mut out = format!("| {} |\n|{}\n", headers.join(" | "), "---|".repeat(headers.len()));
+    for r in rows {
+        out.push_str(&format!("| {} |\n", r.iter().map(|c| cell(c.as_ref())).collect::<Vec<_>>().join(" | ")));
+    }
+    out
+}
+
+/// Names of the metrics that succeeded results report, sorted: what `--metric` accepts.
+pub fn metric_names(results: &[ShardResult]) -> Vec<String> {
+    let mut names: Vec<String> =
+        results.iter().filter(|r| r.status == ShardState::Succeeded).flat_map(|r| r.metrics.keys().cloned()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Models with at least one succeeded result, in display order: what `--baseline` accepts.
+pub fn models_with_results(results: &[ShardResult]) -> Vec<ModelId> {
+    let mut models: Vec<ModelId> =
+        results.iter().filter(|r| r.status == ShardState::Succeeded).map(|r| r.model).collect();
+    models.sort();
+    models.dedup();
+    models
+}
+
+/// Shard fields that differ between the seeds and runs of one configuration.
+const PER_SHARD_FIELDS: [&str; 4] = ["run_id", "shard_id", "index", "seed"];
+
+/// The settings a result's shard ran with (architecture, weights, data sizes, training
+/// settings, scale, device class), less the fields that differ between its seeds and
+/// runs. A successful result records its shard under `config.shard`, a failed one as
+/// `config` itself. `None` when the result records no configuration.
+pub fn settings_of(r: &ShardResult) -> Option<Value> {
+    let shard = match &r.config {
+        Value::Null => return None,
+        Value::Object(m) if m.get("shard").is_some_and(Value::is_object) => m["shard"].clone(),
+        other => other.clone(),
+    };
+    Some(match shard {
+        Value::Object(mut m) => {
+            for field in PER_SHARD_FIELDS {
+                m.remove(field);
+            }
+            Value::Object(m)
+        }
+        other => other,
+    })
+}
+
+/// One setting that differs: its dotted path and the two values (JSON; `absent` when
+/// one side lacks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingDifference {
+    /// Dotted path, e.g. `train.max_steps`.
+    pub path: String,
+    /// Value in the first run.
+    pub first: String,
+    /// Value in the second run.
+    pub second: String,
+}
+
+/// Results of one model × task that ran with different settings and so must not be
+/// summarised together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsConflict {
+    /// Model.
+    pub model: ModelId,
+    /// Task.
+    pub task: TaskId,
+    /// Run of the first configuration.
+    pub first_run: String,
+    /// Run of the second configuration.
+    pub second_run: String,
+    /// What differs, with `scale` first, then in path order.
+    pub differences: Vec<SettingDifference>,
+}
+
+fn flatten(path: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                flatten(&p, x, out);
+            }
+        }
+        other => {
+            out.insert(if path.is_empty() { "config".to_owned() } else { path.to_owned() }, other.to_string());
+        }
+    }
+}
+
+fn differences(a: &Value, b: &Value) -> Vec<SettingDifference> {
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", a, &mut fa);
+    flatten("", b, &mut fb);
+    let mut paths: Vec<&String> = fa.keys().chain(fb.keys()).collect();
+    paths.sort_by_key(|p| (p.as_str() != "scale", p.as_str()));
+    paths.dedup();
+    let absent = || "absent".to_owned();
+    paths
+        .into_iter()
+        .filter(|p| fa.get(*p) != fb.get(*p))
+        .map(|p| SettingDifference {
+            path: p.clone(),
+            first: fa.get(p).cloned().unwrap_or_else(absent),
+            second: fb.get(p).cloned().unwrap_or_else(absent),
+        })
+        .collect()
+}
+
+/// Every model × task whose results ran with more than one configuration (the first two
+/// found), in model × task order. Results that record no configuration are not compared.
+pub fn settings_conflicts(results: &[ShardResult]) -> Vec<SettingsConflict> {
+    let mut sorted: Vec<&ShardResult> = results.iter().collect();
+    sorted.sort_by(|a, b| (a.model, a.task, &a.run, a.seed).cmp(&(b.model, b.task, &b.run, b.seed)));
+    let mut first: BTreeMap<(ModelId, TaskId), (&str, Value)> = BTreeMap::new();
+    let mut conflicts: BTreeMap<(ModelId, TaskId), SettingsConflict> = BTreeMap::new();
+    for r in sorted {
+        let key = (r.model, r.task);
+        let Some(settings) = settings_of(r) else { continue };
+        if conflicts.contains_key(&key) {
+            continue;
+        }
+        match first.get(&key) {
+            None => {
+                first.insert(key, (r.run.as_str(), settings));
+            }
+            Some((run, reference)) if *reference != settings => {
+                conflicts.insert(
+                    key,
+                    SettingsConflict {
+                        model: r.model,
+                        task: r.task,
+                        first_run: (*run).to_owned(),
+                        second_run: r.run.clone(),
+                        differences: differences(reference, &settings),
+                    },
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    conflicts.into_values().collect()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn result(model: ModelId, seed: u64, acc: Option<f64>) -> ShardResult {
@@ -375,6 +537,73 @@ mod tests {
         let by = aggregate_by(&rs, Some("accuracy"));
         assert!((by[0].primary.unwrap().mean - 0.8).abs() < 1e-12);
         assert!(aggregate_by(&rs, Some("mcc"))[0].primary.is_none());
+    }
+
+    /// A succeeded result as an agent records it: the shard under `config.shard`.
+    pub(crate) fn ran_with(run: &str, model: ModelId, seed: u64, acc: f64, max_steps: u64) -> ShardResult {
+        let mut r = result(model, seed, Some(acc));
+        r.run = run.into();
+        r.config = json!({
+            "shard": {
+                "run_id": run, "shard_id": format!("{run}{seed}"), "index": seed, "seed": seed,
+                "model": model, "task": "sst2", "scale": "tiny",
+                "train": {"max_steps": max_steps, "learning_rate": 0.001},
+            },
+            "evaluations": [{"step": max_steps}],
+        });
+        r
+    }
+
+    #[test]
+    fn settings_leave_out_what_differs_between_seeds_and_runs() {
+        let a = ran_with("r1", ModelId::Qwen3, 1, 0.8, 10);
+        let b = ran_with("r2", ModelId::Qwen3, 2, 0.9, 10);
+        assert_eq!(settings_of(&a), settings_of(&b));
+        assert!(settings_of(&a).unwrap().get("seed").is_none());
+        // A failed result records the shard as `config` itself.
+        let mut failed = result(ModelId::Qwen3, 3, None);
+        failed.config = a.config["shard"].clone();
+        assert_eq!(settings_of(&failed), settings_of(&a));
+        assert!(settings_conflicts(&[a, b, failed]).is_empty());
+        assert_eq!(settings_of(&result(ModelId::Qwen3, 1, None)), None);
+    }
+
+    #[test]
+    fn a_model_and_task_with_two_configurations_is_a_conflict_naming_what_differs() {
+        let rs = vec![
+            ran_with("r-short", ModelId::Qwen3, 1, 0.6, 10),
+            ran_with("r-short", ModelId::Qwen3, 2, 0.6, 10),
+            ran_with("r-long", ModelId::Qwen3, 1, 0.9, 400),
+            // Another model with one configuration in both runs: no conflict.
+            ran_with("r-short", ModelId::RevQwen3, 1, 0.6, 10),
+            ran_with("r-long", ModelId::RevQwen3, 2, 0.6, 10),
+        ];
+        let c = settings_conflicts(&rs);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].model, c[0].task), (ModelId::Qwen3, TaskId::Sst2));
+        assert_eq!((c[0].first_run.as_str(), c[0].second_run.as_str()), ("r-long", "r-short"));
+        assert_eq!(
+            c[0].differences,
+            vec![SettingDifference { path: "train.max_steps".into(), first: "400".into(), second: "10".into() }]
+        );
+    }
+
+    #[test]
+    fn valid_metric_and_model_names_come_from_succeeded_results() {
+        let mut f1 = result(ModelId::RevQwen3, 1, Some(0.5));
+        f1.metrics.insert("f1".into(), 0.4);
+        let rs = vec![result(ModelId::Qwen3, 1, Some(0.8)), f1, result(ModelId::FtOpt, 1, None)];
+        assert_eq!(metric_names(&rs), vec!["accuracy", "f1"]);
+        assert_eq!(models_with_results(&rs), vec![ModelId::Qwen3, ModelId::RevQwen3]);
+    }
+
+    #[test]
+    fn csv_fields_with_commas_or_quotes_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("2 × 64, 4/2 × 16"), "\"2 × 64, 4/2 × 16\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_line(&["a", "b,c"]), "a,\"b,c\"\n");
+        assert_eq!(markdown_table(&["x"], &[vec!["a|b"]]), "| x |\n|---|\n| a\\|b |\n");
     }
 
     #[test]

@@ -89,7 +89,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Expands a spec into shards for `run_id`. Pure: no I/O, deterministic ids.
+/// Expands a spec into shards for `run_id`. Pure: no I/O, deterministic ids (computed on
+/// several threads for a large matrix).
 pub fn expand(spec: &BenchmarkSpec, run_id: &RunId) -> Vec<Shard> {
     let p = &spec.preset;
     let mut shards = Vec::new();
@@ -117,13 +118,43 @@ pub fn expand(spec: &BenchmarkSpec, run_id: &RunId) -> Vec<Shard> {
                     train,
                     dizo,
                 };
-                shard.shard_id = shard.content_id();
                 shard.index = shards.len() as u32;
                 shards.push(shard);
             }
         }
     }
+    // The content hash is most of the work: large expansions hash on several threads.
+    let ids = par_chunks(shards.iter().collect(), |part| part.into_iter().map(Shard::content_id).collect::<Vec<_>>());
+    for (shard, id) in shards.iter_mut().zip(ids.into_iter().flatten()) {
+        shard.shard_id = id;
+    }
     shards
+}
+
+/// Inputs below this size are handled on the calling thread: thread start-up would cost
+/// more than it saves.
+const PARALLEL_MIN_ITEMS: usize = 4096;
+
+/// `f` of consecutive chunks of `items`, one chunk per thread on up to 4 threads (no more
+/// than the machine's cores) for large inputs, else `f(items)`; results in input order.
+fn par_chunks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(Vec<T>) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads <= 1 || items.len() < PARALLEL_MIN_ITEMS {
+        return vec![f(items)];
+    }
+    let size = items.len().div_ceil(threads);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut rest = items;
+    while rest.len() > size {
+        let tail = rest.split_off(size);
+        chunks.push(std::mem::replace(&mut rest, tail));
+    }
+    chunks.push(rest);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = chunks.into_iter().map(|part| scope.spawn(move || f(part))).collect();
+        parts.into_iter().map(|part| part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// Shard id placeholder while the content hash is computed.
@@ -154,7 +185,11 @@ pub fn run_record(spec: &BenchmarkSpec, run_id: &RunId, shards: &[Shard], tracep
 
 /// The broker message of one shard: its envelope, message id `run:shard` and trace headers.
 pub fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
-    let body = wire::encode_shard(shard)?;
+    Ok(message_with_body(shard, wire::encode_shard(shard)?))
+}
+
+/// The message of `shard` around its encoded envelope `body`.
+fn message_with_body(shard: &Shard, body: Vec<u8>) -> OutgoingMessage {
     // Each message carries the trace context of its own publish span, a child of the
     // submit span, so the agent's processing joins the submit's trace.
     let span = info_span!("shard.publish", otel.kind = "producer", run = %shard.run_id, shard = %shard.shard_id,
@@ -162,61 +197,164 @@ pub fn message_for(shard: &Shard) -> Result<OutgoingMessage> {
         messaging.operation.type = "publish");
     let mut headers = shared::telemetry::inject(&span);
     headers.insert("x-qsched-run".into(), shard.run_id.to_string());
-    Ok(OutgoingMessage {
+    OutgoingMessage {
         class: shard.device_class,
         message_id: format!("{}:{}", shard.run_id, shard.shard_id),
         body,
         headers,
+    }
+}
+
+/// Messages per [`Broker::publish`] call: the unit in which shards are marked queued once
+/// the broker has confirmed them, and what an interrupted submit can leave half-sent.
+const PUBLISH_BATCH: usize = 256;
+
+/// Batches published at the same time, each on its own channel. A `publish` call returns
+/// only when its last message is confirmed, and a quorum queue confirms in rounds (Raft
+/// commits): with one batch at a time the pipe drains at the end of every batch and the
+/// publisher waits, so the next batches are already being sent while one waits for its
+/// last confirms, and the broker works on several channels at once. BENCHMARKS.md §6 has
+/// the measurements behind 8 × 256 (with the broker's channels kept open between
+/// batches). A broker that dies mid-submit leaves at most these 2,048 shards unmarked that
+/// it may have stored, as many as the one batch of 2,048 of earlier builds: a resume
+/// publishes them again, and agents settle the copies by the results-once rule.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// Encodes every shard's envelope, refusing any the broker would not accept: a spec that
+/// cannot be published is refused before anything is recorded. (The rest of a message,
+/// its trace context and headers, is made afterwards by `messages_with_bodies`.)
+fn encode_bodies(shards: &[Shard], limit: usize) -> Result<Vec<Vec<u8>>> {
+    let encode = |shard: &Shard| -> Result<Vec<u8>> {
+        let body = wire::encode_shard(shard)?;
+        if body.len() > limit {
+            return Err(Error::Shared(shared::Error::invalid(
+                "spec",
+                format!(
+                    "shard {} ({} × {} seed {}) encodes to {} bytes, over the broker's {limit}-byte message \
+                     limit (a long value in the spec, such as a model directory?)",
+                    shard.shard_id,
+                    shard.model,
+                    shard.task,
+                    shard.seed,
+                    body.len()
+                ),
+            )));
+        }
+        Ok(body)
+    };
+    // Each chunk stops at its first refusal, so a spec whose every shard is too large
+    // does not encode them all.
+    let parts = par_chunks(shards.iter().collect(), |part| part.into_iter().map(encode).collect::<Result<Vec<_>>>());
+    let mut bodies = Vec::with_capacity(shards.len());
+    for part in parts {
+        bodies.extend(part?);
+    }
+    Ok(bodies)
+}
+
+/// The messages of `shards` around their encoded envelopes, made on several threads for a
+/// large run, each under the caller's span (so that every message's trace context is a
+/// child of it, as when made in line).
+fn messages_with_bodies(shards: &[Shard], bodies: Vec<Vec<u8>>) -> Vec<OutgoingMessage> {
+    let parent = tracing::Span::current();
+    let pairs: Vec<(&Shard, Vec<u8>)> = shards.iter().zip(bodies).collect();
+    par_chunks(pairs, |part| {
+        let _entered = parent.enter();
+        part.into_iter().map(|(shard, body)| message_with_body(shard, body)).collect::<Vec<_>>()
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
-/// Messages confirmed per batch before their shards are marked queued.
-const PUBLISH_BATCH: usize = 2048;
-
-/// Encodes every shard's message, refusing any the broker would not accept: a spec that
-/// cannot be published is refused before anything is recorded.
-fn encode_all(shards: &[Shard], broker: &dyn Broker) -> Result<Vec<OutgoingMessage>> {
-    let limit = broker.max_message_bytes();
-    shards
-        .iter()
-        .map(|shard| {
-            let message = message_for(shard)?;
-            if message.body.len() > limit {
-                return Err(Error::Shared(shared::Error::invalid(
-                    "spec",
-                    format!(
-                        "shard {} ({} × {} seed {}) encodes to {} bytes, over the broker's {limit}-byte message \
-                         limit (a long value in the spec, such as a model directory?)",
-                        shard.shard_id,
-                        shard.model,
-                        shard.task,
-                        shard.seed,
-                        message.body.len()
-                    ),
-                )));
-            }
-            Ok(message)
-        })
-        .collect()
+/// Where the time of a publish went (logged with the `published` event; read by
+/// `ops/bench/publish_throughput.sh`).
+#[derive(Debug, Default, Clone, Copy)]
+struct PublishTimes {
+    /// First publish to the last batch's confirms.
+    publish: std::time::Duration,
+    /// Time spent in `mark_published` calls, overlapping the publishing of later batches.
+    mark: std::time::Duration,
+    /// The last mark, after the last confirm: the part of `mark` nothing overlaps.
+    last_mark: std::time::Duration,
 }
 
-/// Publishes `messages` in confirmed batches, marking each batch's shards queued once
-/// the broker has confirmed it. An interruption leaves the rest `unpublished`.
+/// Publishes one message per shard (`messages` in shard order) in confirmed batches, marking
+/// each batch's shards queued once the broker has confirmed the whole batch while the next
+/// batches are being published. The first failure stops new batches from starting; the
+/// batches already under way are finished and those the broker confirmed are marked
+/// queued, so that a resume does not publish them twice. The rest stays `unpublished`,
+/// and the first error is returned.
 async fn publish_recorded(
     run_id: &str,
     shards: &[Shard],
     messages: Vec<OutgoingMessage>,
     broker: &dyn Broker,
     store: &dyn Store,
-) -> Result<()> {
+) -> Result<PublishTimes> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesOrdered;
+    use std::time::Instant;
+
+    let started = Instant::now();
+    let mut times = PublishTimes::default();
     let mut messages = messages.into_iter();
-    for batch in shards.chunks(PUBLISH_BATCH) {
-        let batch_messages: Vec<_> = messages.by_ref().take(batch.len()).collect();
-        broker.publish(batch_messages).await?;
+    let mut batches = shards.chunks(PUBLISH_BATCH).map(|batch| {
         let ids: Vec<String> = batch.iter().map(|s| s.shard_id.to_string()).collect();
-        store.mark_published(run_id, &ids).await?;
+        (ids, messages.by_ref().take(batch.len()).collect::<Vec<_>>())
+    });
+    let mut in_flight = FuturesOrdered::new();
+    let mut failure: Option<Error> = None;
+    // The ids of the last confirmed batch, marked while the next batches publish.
+    let mut confirmed: Option<Vec<String>> = None;
+    loop {
+        while failure.is_none() && in_flight.len() < BATCHES_IN_FLIGHT {
+            let Some((ids, messages)) = batches.next() else { break };
+            in_flight.push_back(async move { (ids, broker.publish(messages).await) });
+        }
+        let next = match confirmed.take() {
+            Some(ids) => {
+                let mark = async {
+                    let t = Instant::now();
+                    (store.mark_published(run_id, &ids).await, t.elapsed())
+                };
+                let ((marked, took), next) = tokio::join!(mark, in_flight.next());
+                times.mark += took;
+                times.last_mark = took;
+                if let Err(e) = marked {
+                    failure.get_or_insert(e.into());
+                }
+                next
+            }
+            None => in_flight.next().await,
+        };
+        match next {
+            Some((ids, Ok(()))) => confirmed = Some(ids),
+            Some((_, Err(e))) => {
+                failure.get_or_insert(e.into());
+            }
+            None => break,
+        }
+        // In-flight batches run out only once the last one has been sent and confirmed.
+        if in_flight.is_empty() {
+            times.publish = started.elapsed();
+        }
     }
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(times),
+    }
+}
+
+/// The result of a blocking job of `submit`; a panic in it is the caller's panic.
+async fn joined<T>(job: tokio::task::JoinHandle<T>) -> Result<T> {
+    match job.await {
+        Ok(value) => Ok(value),
+        // Expansion, encoding and message making return errors rather than panic; should
+        // they ever panic, the submit panics as it did with them in line.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Shared(shared::Error::Codec(format!("preparing the messages stopped: {e}")))),
+    }
 }
 
 /// Records the run in the store, then publishes its shards (confirmed).
@@ -226,17 +364,75 @@ async fn publish_recorded(
 /// agent that picks a shard up at once finds its run; shards are recorded
 /// `unpublished` and marked `queued` batch by batch as the broker confirms them. If
 /// publishing is interrupted, `resume` publishes what is left.
+///
+/// Expansion and encoding run on blocking threads while the broker's topology is
+/// declared, and the messages' trace contexts and headers are made while the run is
+/// recorded; batches are published concurrently and marked as they are confirmed
+/// (`publish_recorded`).
 pub async fn submit(spec: &BenchmarkSpec, run_id: &RunId, broker: &dyn Broker, store: &dyn Store) -> Result<RunRecord> {
     let span =
         info_span!("submit", otel.kind = "producer", run = %run_id, name = %spec.name, scale = %spec.preset.name);
     async {
-        let shards = expand(spec, run_id);
-        let record = run_record(spec, run_id, &shards, shared::telemetry::traceparent(&tracing::Span::current()));
-        let messages = encode_all(&shards, broker)?;
-        broker.declare().await?;
-        store.put_run(&record).await?;
-        publish_recorded(run_id, &shards, messages, broker, store).await?;
-        info!(shards = shards.len(), "published");
+        use std::time::Instant;
+        let started = Instant::now();
+        let prepare = {
+            let (spec, run_id) = (spec.clone(), run_id.clone());
+            let (limit, parent) = (broker.max_message_bytes(), tracing::Span::current());
+            tokio::task::spawn_blocking(move || {
+                let _entered = info_span!(parent: &parent, "submit.prepare").entered();
+                let t = Instant::now();
+                let shards = expand(&spec, &run_id);
+                let record = run_record(&spec, &run_id, &shards, shared::telemetry::traceparent(&parent));
+                let expanded = t.elapsed();
+                let bodies = encode_bodies(&shards, limit);
+                (shards, record, bodies, expanded, t.elapsed() - expanded)
+            })
+        };
+        // The topology is declared while that runs. A spec that cannot be published is
+        // refused as such even when the declare fails too, and nothing is recorded
+        // unless both succeed.
+        let (declared, declare_time) = async {
+            let t = Instant::now();
+            (broker.declare().await, t.elapsed())
+        }
+        .instrument(info_span!("submit.declare"))
+        .await;
+        let (shards, record, bodies, expand_time, encode_time) = joined(prepare).await?;
+        let bodies = bodies?;
+        declared?;
+        let body_bytes: usize = bodies.iter().map(Vec::len).sum();
+        // The messages' trace contexts and headers are made while the run is recorded.
+        let make_messages = {
+            let parent = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _entered = parent.enter();
+                let t = Instant::now();
+                let messages = messages_with_bodies(&shards, bodies);
+                (shards, messages, t.elapsed())
+            })
+        };
+        let t = Instant::now();
+        store.put_run(&record).instrument(info_span!("submit.record")).await?;
+        let record_time = t.elapsed();
+        let (shards, messages, messages_time) = joined(make_messages).await?;
+        let times = publish_recorded(run_id, &shards, messages, broker, store)
+            .instrument(info_span!("submit.publish", shards = shards.len()))
+            .await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        info!(
+            shards = shards.len(),
+            body_bytes,
+            total_ms = ms(started.elapsed()),
+            expand_ms = ms(expand_time),
+            encode_ms = ms(encode_time),
+            declare_ms = ms(declare_time),
+            messages_ms = ms(messages_time),
+            record_ms = ms(record_time),
+            publish_ms = ms(times.publish),
+            mark_ms = ms(times.mark),
+            last_mark_ms = ms(times.last_mark),
+            "published"
+        );
         Ok(record)
     }
     .instrument(span)
@@ -254,10 +450,15 @@ pub async fn resume(run_id: &str, broker: &dyn Broker, store: &dyn Store) -> Res
             .into_iter()
             .filter(|s| states.get(s.shard_id.as_str()).is_none_or(|st| *st == ShardState::Unpublished))
             .collect();
-        let messages = encode_all(&shards, broker)?;
+        let bodies = encode_bodies(&shards, broker.max_message_bytes())?;
+        let messages = messages_with_bodies(&shards, bodies);
         broker.declare().await?;
-        publish_recorded(run_id, &shards, messages, broker, store).await?;
-        info!(shards = shards.len(), "published the rest of an interrupted submit");
+        let times = publish_recorded(run_id, &shards, messages, broker, store).await?;
+        info!(
+            shards = shards.len(),
+            publish_ms = times.publish.as_secs_f64() * 1e3,
+            "published the rest of an interrupted submit"
+        );
         Ok(shards.into_iter().map(|s| s.shard_id.to_string()).collect())
     }
     .instrument(span)
@@ -414,6 +615,28 @@ mod tests {
         assert_ne!(expand(&other, &r("r1"))[0].shard_id, a[0].shard_id);
     }
 
+    /// A matrix large enough to be hashed and encoded on several threads comes out as
+    /// it would in line: in order, each id the shard's content hash.
+    #[test]
+    fn large_expansions_match_the_serial_result() {
+        let mut big = spec();
+        big.seeds = (1..=2500).collect();
+        let shards = expand(&big, &r("r1"));
+        assert_eq!(shards.len(), 10_000);
+        assert!(shards.len() >= 2 * PARALLEL_MIN_ITEMS);
+        for (i, s) in shards.iter().enumerate() {
+            assert_eq!(s.index as usize, i);
+            assert_eq!(s.shard_id, s.content_id());
+        }
+        assert_eq!((shards[2500].model, shards[2500].task, shards[2500].seed), (ModelId::Qwen3, TaskId::Rte, 1));
+        let bodies = encode_bodies(&shards, usize::MAX).unwrap();
+        let messages = messages_with_bodies(&shards, bodies);
+        for (s, m) in shards.iter().zip(&messages) {
+            assert_eq!(m.message_id, format!("r1:{}", s.shard_id));
+            assert_eq!(wire::decode_shard(&m.body, usize::MAX).unwrap(), *s);
+        }
+    }
+
     /// Shard ids name stored results: they must not change between builds.
     #[test]
     fn ids_are_pinned_across_builds() {
@@ -448,10 +671,12 @@ mod tests {
         assert_eq!(shards_of(&stored).unwrap(), expand(&spec(), &r("r1")));
     }
 
-    /// A broker that confirms `allowed` messages and then fails, like one killed mid-submit.
+    /// A broker that confirms `allowed` messages and then fails, like one killed mid-submit;
+    /// and that refuses any batch holding the message `refused` (a nack).
     struct DiesAfter {
         inner: MemoryBroker,
         allowed: std::sync::atomic::AtomicUsize,
+        refused: Option<String>,
     }
 
     #[async_trait::async_trait]
@@ -461,6 +686,9 @@ mod tests {
         }
         async fn publish(&self, messages: Vec<OutgoingMessage>) -> shared::Result<()> {
             use std::sync::atomic::Ordering;
+            if let Some(id) = messages.iter().map(|m| &m.message_id).find(|id| Some(*id) == self.refused.as_ref()) {
+                return Err(shared::Error::NotConfirmed { message_id: id.clone(), reason: "nacked".into() });
+            }
             let n = messages.len();
             if self.allowed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_sub(n)).is_err() {
                 return Err(shared::Error::Broker {
@@ -498,6 +726,9 @@ mod tests {
         async fn dead_letter_count(&self) -> shared::Result<u64> {
             self.inner.dead_letter_count().await
         }
+        async fn take_dead_letter_notices(&self, max: usize) -> shared::Result<Vec<shared::broker::DeadLetter>> {
+            self.inner.take_dead_letter_notices(max).await
+        }
         fn max_message_bytes(&self) -> usize {
             self.inner.max_message_bytes()
         }
@@ -511,7 +742,7 @@ mod tests {
         big.seeds = (1..=2500).collect();
         let run = r("r1");
         // The broker dies after the first confirmed batch.
-        let dying = DiesAfter { inner: inner.clone(), allowed: PUBLISH_BATCH.into() };
+        let dying = DiesAfter { inner: inner.clone(), allowed: PUBLISH_BATCH.into(), refused: None };
         let err = submit(&big, &run, &dying, &store).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         let states = store.states("r1").await.unwrap();
@@ -524,6 +755,37 @@ mod tests {
         assert_eq!(inner.queue_depth(DeviceClass::Cpu).await.unwrap(), 10_000);
         assert!(store.states("r1").await.unwrap().values().all(|s| *s == ShardState::Queued));
         assert!(resume("r1", &inner, &store).await.unwrap().is_empty());
+    }
+
+    /// Batches are published concurrently: when one fails, the ones already under way
+    /// that the broker confirmed are marked queued, so a resume publishes each shard once.
+    #[tokio::test]
+    async fn a_failed_batch_leaves_the_batches_under_way_marked_and_the_rest_resumable() {
+        let inner = MemoryBroker::default();
+        let store = MemoryStore::new();
+        let mut big = spec();
+        big.seeds = (1..=2500).collect();
+        let run = r("r1");
+        let second_batch = &expand(&big, &run)[PUBLISH_BATCH];
+        let refused = Some(format!("r1:{}", second_batch.shard_id));
+        let failing = DiesAfter { inner: inner.clone(), allowed: usize::MAX.into(), refused };
+        let err = submit(&big, &run, &failing, &store).await.unwrap_err();
+        assert!(matches!(err, Error::Shared(shared::Error::NotConfirmed { .. })), "{err}");
+        // The first batch and those started before the failure was seen went through and
+        // are marked queued; exactly those are in the queue.
+        let states = store.states("r1").await.unwrap();
+        let count = |want: ShardState| states.values().filter(|s| **s == want).count();
+        let published = count(ShardState::Queued);
+        assert!(published >= PUBLISH_BATCH && published % PUBLISH_BATCH == 0, "{published}");
+        assert!(published < 10_000 - PUBLISH_BATCH, "{published}: publishing stopped");
+        assert_eq!(count(ShardState::Unpublished), 10_000 - published);
+        assert_eq!(states[second_batch.shard_id.as_str()], ShardState::Unpublished);
+        assert_eq!(inner.queue_depth(DeviceClass::Cpu).await.unwrap(), published as u64);
+        // Resume publishes the rest and nothing twice.
+        let again = resume("r1", &inner, &store).await.unwrap();
+        assert_eq!(again.len(), 10_000 - published);
+        assert_eq!(inner.queue_depth(DeviceClass::Cpu).await.unwrap(), 10_000);
+        assert!(store.states("r1").await.unwrap().values().all(|s| *s == ShardState::Queued));
     }
 
     #[tokio::test]

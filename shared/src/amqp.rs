@@ -12,6 +12,7 @@
 //! | `p.shards.cpu`, `p.shards.cuda` | durable quorum queues | one per device class; `x-delivery-limit`, dead-letter to `p.dlx` |
 //! | `p.dlx` | durable fanout exchange | dead letters from every shard queue and from agents |
 //! | `p.dead` | durable classic queue | the dead-letter queue, listed by `qsched dead-letters` |
+//! | `p.dead.notices` | durable classic queue | one notice per dead letter, taken by agents to mark the shard `dead` |
 //!
 //! Reliability choices, each mirrored by an integration test:
 //! - publishes use publisher confirms, `mandatory`, persistent delivery mode, and a bounded
@@ -58,6 +59,7 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -69,11 +71,14 @@ use crate::broker::{ShardConsumer, invalid_url};
 use crate::device::DeviceClass;
 use crate::error::{Error, Result};
 use crate::secrets::{redact_url, scrub_secrets};
+use crate::tls::CaBundle;
 use crate::wire::{CONTENT_TYPE, DEFAULT_MAX_MESSAGE_BYTES};
 
-/// Unconfirmed publishes kept in flight before waiting for the oldest confirm. Throughput
-/// gains flatten out between 100 and 1000 (RabbitMQ flow-control benchmarks); more only
-/// adds latency and memory.
+/// Unconfirmed publishes kept in flight on one channel before waiting for the oldest
+/// confirm. A quorum queue confirms in Raft-commit rounds, so on one channel this window
+/// holds the rate to about two thirds of an unbounded one (RabbitMQ 3.10, BENCHMARKS.md
+/// §6); `scheduler::submit` keeps 8 batches in flight, each on its own channel, which is
+/// faster than one unbounded channel. More per channel only adds latency and memory.
 pub const CONFIRM_WINDOW: usize = 256;
 
 /// AMQP heartbeat asked for when the URL does not set `?heartbeat=`: a dead peer is noticed
@@ -112,6 +117,8 @@ pub struct AmqpConfig {
     pub max_message_bytes: usize,
     /// Bound on opening a connection (TCP, TLS and AMQP handshake).
     pub connect_timeout: Duration,
+    /// CA trusted for an `amqps://` URL instead of the host's store (`--amqp-ca-file`).
+    pub ca: Option<CaBundle>,
 }
 
 impl AmqpConfig {
@@ -124,6 +131,7 @@ impl AmqpConfig {
             consumer_timeout: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ca: None,
         }
     }
 
@@ -144,6 +152,7 @@ impl fmt::Debug for AmqpConfig {
             .field("consumer_timeout", &self.consumer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("connect_timeout", &self.connect_timeout)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -195,7 +204,15 @@ pub struct AmqpBroker {
     safe_url: String,
     conn: Mutex<Option<Arc<Connection>>>,
     version: RwLock<Option<ServerVersion>>,
+    /// Confirm-mode channels kept open between publishes (see [`CONFIRM_CHANNELS_KEPT`]).
+    confirm_channels: std::sync::Mutex<Vec<Channel>>,
 }
+
+/// Confirm-mode channels kept for reuse after a publish that succeeded: a submit publishes
+/// its shards in many concurrent batches, and opening, confirm-selecting and closing a
+/// channel for each costs three round trips and broker work per batch. A channel whose
+/// publish failed, or one beyond this many, is closed.
+const CONFIRM_CHANNELS_KEPT: usize = 16;
 
 impl fmt::Debug for AmqpBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,6 +246,7 @@ impl AmqpBroker {
                 format!("'{}': use 1-200 characters from [A-Za-z0-9-_.:]", config.prefix),
             ));
         }
+        crate::tls::check_scheme(&config.url, config.ca.as_ref(), "amqps", "AMQP URL")?;
         let mut uri: AMQPUri = config.url.parse().map_err(|e: String| {
             invalid_url(
                 &config.url,
@@ -241,7 +259,14 @@ impl AmqpBroker {
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
         }
-        let broker = AmqpBroker { config, uri, safe_url, conn: Mutex::new(None), version: RwLock::new(None) };
+        let broker = AmqpBroker {
+            config,
+            uri,
+            safe_url,
+            conn: Mutex::new(None),
+            version: RwLock::new(None),
+            confirm_channels: std::sync::Mutex::new(Vec::new()),
+        };
         broker.connection().await?;
         Ok(broker)
     }
@@ -282,12 +307,20 @@ impl AmqpBroker {
         format!("{}.dead", self.config.prefix)
     }
 
+    /// The queue of dead-letter notices, `<prefix>.dead.notices`: the same messages as the
+    /// dead-letter queue (both are bound to the fanout dead-letter exchange), consumed so
+    /// that the store learns which shards the broker gave up on.
+    pub fn dead_letter_notice_queue(&self) -> String {
+        format!("{}.dead.notices", self.config.prefix)
+    }
+
     /// Deletes every queue and exchange of this prefix, with their messages (tests and
     /// `qsched` maintenance; never called by agents).
     pub async fn delete_topology(&self) -> Result<()> {
         let ch = self.channel().await?;
         let mut queues: Vec<String> = all_classes().iter().map(|c| self.shard_queue(*c)).collect();
         queues.push(self.dead_letter_queue());
+        queues.push(self.dead_letter_notice_queue());
         for q in &queues {
             let removed = ch
                 .queue_delete(short(q)?, QueueDeleteOptions::default())
@@ -308,6 +341,8 @@ impl AmqpBroker {
     /// Closes the connection; consumers on it end and their unsettled deliveries return to
     /// their queues. A later call on this broker reconnects.
     pub async fn close(&self) -> Result<()> {
+        // The kept channels close with their connection.
+        self.kept_channels().clear();
         let conn = self.conn.lock().await.take();
         if let Some(conn) = conn
             && conn.status().connected()
@@ -330,6 +365,16 @@ impl AmqpBroker {
         Ok(conn)
     }
 
+    /// `host:port` of the broker, for messages about reaching it.
+    fn host_port(&self) -> String {
+        format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
+    }
+
+    /// The TLS settings of an `amqps://` connection: the configured CA, if any.
+    fn tls_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig { identity: None, cert_chain: self.config.ca.as_ref().map(|ca| ca.pem().to_owned()) }
+    }
+
     async fn open(&self) -> Result<Connection> {
         let timeout = self.config.connect_timeout;
         let props = ConnectionProperties::default()
@@ -337,25 +382,38 @@ impl AmqpBroker {
         // lapin retries nothing by default (its backoff has 0 retries unless auto-recovery
         // is on), but a TCP connect to a black-holed address can still hang for minutes:
         // bound the whole handshake.
-        let conn = match tokio::time::timeout(timeout, Connection::connect_uri(self.uri.clone(), props)).await {
+        let runtime = lapin::runtime::default_runtime().map_err(|e| Error::Broker {
+            url: self.safe_url.clone(),
+            message: format!("cannot start the AMQP client's runtime: {e}"),
+            transient: false,
+        })?;
+        let connect = Connection::connect_uri_with_config(self.uri.clone(), props, self.tls_config(), runtime);
+        let conn = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 let transient = lapin_transient(&e);
-                return Err(Error::Broker {
-                    url: self.safe_url.clone(),
-                    message: scrub_secrets(&format!("cannot connect to RabbitMQ: {e}"), &self.config.url),
-                    transient,
-                });
+                let refused = matches!(e.kind(), lapin::ErrorKind::IOError(io)
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                let message = if refused {
+                    format!("cannot reach the broker at {} (connection refused)", self.host_port())
+                } else {
+                    scrub_secrets(&format!("cannot connect to RabbitMQ at {}: {e}", self.host_port()), &self.config.url)
+                };
+                return Err(Error::Broker { url: self.safe_url.clone(), message, transient });
             }
             Err(_) => {
                 return Err(Error::Broker {
                     url: self.safe_url.clone(),
-                    message: format!("cannot connect to RabbitMQ: no connection within {timeout:?}"),
+                    message: format!(
+                        "cannot reach the broker at {} (timed out after {} s)",
+                        self.host_port(),
+                        timeout.as_secs_f64()
+                    ),
                     transient: true,
                 });
             }
         };
-        let version = match probe_server_properties(&self.uri, timeout).await {
+        let version = match probe_server_properties(&self.uri, &self.tls_config(), timeout).await {
             Ok(props) => {
                 let product = field_string(&props, "product").unwrap_or_default();
                 let version = field_string(&props, "version").unwrap_or_default();
@@ -416,10 +474,7 @@ impl AmqpBroker {
                 return Err(Error::TooLarge { size: item.body.len(), limit: self.config.max_message_bytes });
             }
         }
-        let ch = self.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| self.lapin_error("enabling publisher confirms", &e))?;
+        let ch = self.confirm_channel().await?;
         let mut window = VecDeque::with_capacity(CONFIRM_WINDOW.min(items.len()));
         let mut failure = None;
         let count = items.len();
@@ -429,6 +484,7 @@ impl AmqpBroker {
             {
                 self.check_confirm(id, confirm.await, &mut failure);
             }
+            let message_id = item.message_id.unwrap_or("(none)");
             let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type(CONTENT_TYPE.into())
@@ -448,22 +504,61 @@ impl AmqpBroker {
                 )
                 .await
                 .map_err(|e| self.lapin_error("publishing", &e))?;
-            window.push_back((item.message_id.unwrap_or("(none)").to_owned(), confirm));
+            window.push_back((message_id, confirm));
         }
         while let Some((id, confirm)) = window.pop_front() {
             self.check_confirm(id, confirm.await, &mut failure);
         }
-        close_channel(&ch).await;
         match failure {
-            Some(e) => Err(e),
+            Some(e) => {
+                close_channel(&ch).await;
+                Err(e)
+            }
             None => {
+                if let Some(ch) = self.keep_channel(ch) {
+                    close_channel(&ch).await;
+                }
                 debug!(messages = count, "published with confirms");
                 Ok(())
             }
         }
     }
 
-    fn check_confirm(&self, message_id: String, confirm: lapin::Result<Confirmation>, failure: &mut Option<Error>) {
+    /// The kept confirm-mode channels (a poisoned lock only means a panic elsewhere while
+    /// it was held: the list itself is still sound).
+    fn kept_channels(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
+        self.confirm_channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kept channel that is still open, else a new one in confirm mode.
+    async fn confirm_channel(&self) -> Result<Channel> {
+        loop {
+            let Some(ch) = self.kept_channels().pop() else { break };
+            // A channel of a connection that has since died is no longer connected.
+            if ch.status().connected() {
+                return Ok(ch);
+            }
+        }
+        let ch = self.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.lapin_error("enabling publisher confirms", &e))?;
+        Ok(ch)
+    }
+
+    /// Keeps a channel whose publish succeeded (every confirm collected) for the next
+    /// publish; returns it when enough are kept already.
+    fn keep_channel(&self, ch: Channel) -> Option<Channel> {
+        let mut kept = self.kept_channels();
+        if kept.len() < CONFIRM_CHANNELS_KEPT && ch.status().connected() {
+            kept.push(ch);
+            None
+        } else {
+            Some(ch)
+        }
+    }
+
+    fn check_confirm(&self, message_id: &str, confirm: lapin::Result<Confirmation>, failure: &mut Option<Error>) {
         let error = match confirm {
             Ok(Confirmation::Ack(None)) => return,
             Ok(Confirmation::Ack(Some(returned))) => Error::NotConfirmed {
@@ -471,14 +566,16 @@ impl AmqpBroker {
                     "returned as unroutable ({} {}): no queue is bound for routing key '{}' on exchange '{}'",
                     returned.reply_code, returned.reply_text, returned.delivery.routing_key, returned.delivery.exchange
                 ),
-                message_id,
+                message_id: message_id.to_owned(),
             },
-            Ok(Confirmation::Nack(_)) => {
-                Error::NotConfirmed { message_id, reason: "nacked by the broker (not stored)".into() }
-            }
-            Ok(Confirmation::NotRequested) => {
-                Error::NotConfirmed { message_id, reason: "the channel was not in confirm mode".into() }
-            }
+            Ok(Confirmation::Nack(_)) => Error::NotConfirmed {
+                message_id: message_id.to_owned(),
+                reason: "nacked by the broker (not stored)".into(),
+            },
+            Ok(Confirmation::NotRequested) => Error::NotConfirmed {
+                message_id: message_id.to_owned(),
+                reason: "the channel was not in confirm mode".into(),
+            },
             Err(e) => self.lapin_error(&format!("waiting for the confirm of {message_id}"), &e),
         };
         warn!(error = %error, "publish failed");
@@ -536,6 +633,15 @@ impl Broker for AmqpBroker {
         ch.queue_bind(short(&dead)?, short(&dlx)?, "".into(), QueueBindOptions::default(), FieldTable::default())
             .await
             .map_err(declare_err(format!("binding {dead} to {dlx}")))?;
+        let notices = self.dead_letter_notice_queue();
+        let mut notice_args = FieldTable::default();
+        notice_args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        ch.queue_declare(short(&notices)?, QueueDeclareOptions::durable(), notice_args)
+            .await
+            .map_err(declare_err(format!("declaring queue {notices}")))?;
+        ch.queue_bind(short(&notices)?, short(&dlx)?, "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(declare_err(format!("binding {notices} to {dlx}")))?;
         for class in all_classes() {
             let queue = self.shard_queue(class);
             ch.queue_declare(short(&queue)?, QueueDeclareOptions::durable(), self.shard_queue_arguments())
@@ -558,13 +664,14 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<()> {
         let exchange = self.exchange();
-        let keys: Vec<String> = messages.iter().map(|m| m.class.to_string()).collect();
+        // One routing key per device class, not one string per message.
+        let keys = all_classes().map(|c| (c, c.to_string()));
+        let key_of = |class: DeviceClass| keys.iter().find(|(c, _)| *c == class).map_or("", |(_, k)| k.as_str());
         let items = messages
             .iter()
-            .zip(&keys)
-            .map(|(m, key)| Publish {
+            .map(|m| Publish {
                 exchange: &exchange,
-                routing_key: key,
+                routing_key: key_of(m.class),
                 message_id: Some(&m.message_id),
                 body: &m.body,
                 headers: &m.headers,
@@ -683,6 +790,26 @@ impl Broker for AmqpBroker {
 
     async fn dead_letter_count(&self) -> Result<u64> {
         self.message_count(&self.dead_letter_queue()).await
+    }
+
+    async fn take_dead_letter_notices(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let queue = self.dead_letter_notice_queue();
+        let ch = self.channel().await?;
+        let mut taken = Vec::new();
+        // Acked as they are read: a notice only prompts a state change that is safe to
+        // make twice, and the dead letter itself stays in the dead-letter queue.
+        while taken.len() < max {
+            let got = match ch.basic_get(short(&queue)?, BasicGetOptions { no_ack: true }).await {
+                Ok(got) => got,
+                // Not declared yet (no agent has run under this prefix): no notices.
+                Err(e) if lapin_not_found(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(self.lapin_error(&format!("reading {queue}"), &e)),
+            };
+            let Some(message) = got else { break };
+            taken.push(to_dead_letter(&message.delivery));
+        }
+        close_channel(&ch).await;
+        Ok(taken)
     }
 
     fn max_message_bytes(&self) -> usize {
@@ -968,7 +1095,11 @@ async fn close_channel(ch: &Channel) {
 
 /// Reads the `server-properties` table of `connection.start` without logging in: send the
 /// AMQP 0-9-1 protocol header, read one method frame, hang up.
-async fn probe_server_properties(uri: &AMQPUri, timeout: Duration) -> std::result::Result<FieldTable, String> {
+async fn probe_server_properties(
+    uri: &AMQPUri,
+    tls: &OwnedTLSConfig,
+    timeout: Duration,
+) -> std::result::Result<FieldTable, String> {
     use futures_util::io::{AsyncReadExt, AsyncWriteExt};
     use lapin::protocol::{AMQPClass, connection};
     use lapin::tcp::AMQPUriTcpExt;
@@ -980,7 +1111,8 @@ async fn probe_server_properties(uri: &AMQPUri, timeout: Duration) -> std::resul
 
     let probe = async {
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let mut stream = uri.connect_async(&runtime).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stream =
+            uri.connect_with_config_async(tls.as_ref(), &runtime).await.map_err(|e| format!("connect: {e}"))?;
         stream.write_all(b"AMQP\x00\x00\x09\x01").await.map_err(|e| format!("write: {e}"))?;
         stream.flush().await.map_err(|e| format!("flush: {e}"))?;
         let mut header = [0u8; 7];

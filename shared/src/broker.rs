@@ -149,6 +149,11 @@ pub trait Broker: Send + Sync {
     async fn queue_depth(&self, class: DeviceClass) -> Result<u64>;
     /// Messages in the dead-letter queue (all of them, unlike a `dead_letters` listing).
     async fn dead_letter_count(&self) -> Result<u64>;
+    /// Removes and returns up to `max` notices of messages dead-lettered since earlier
+    /// calls. Every dead letter, whether the broker put it there (its delivery limit) or
+    /// an agent did, gives one notice; the dead letter itself stays in the dead-letter
+    /// queue. [`crate::dead_letters::record_notices`] turns them into shard states.
+    async fn take_dead_letter_notices(&self, max: usize) -> Result<Vec<DeadLetter>>;
     /// The largest message `publish` accepts (checked before anything is recorded).
     fn max_message_bytes(&self) -> usize {
         crate::wire::DEFAULT_MAX_MESSAGE_BYTES
@@ -173,7 +178,27 @@ struct MemState {
     queues: BTreeMap<DeviceClass, VecDeque<MemMessage>>,
     unacked: BTreeMap<u64, (DeviceClass, MemMessage)>,
     dead: Vec<(MemMessage, String)>,
+    /// Notices of `dead`, in order, taken by `take_dead_letter_notices`.
+    notices: VecDeque<DeadLetter>,
     next_id: u64,
+}
+
+impl MemState {
+    /// Moves a message to the dead letters, with a notice of it.
+    fn bury(&mut self, msg: MemMessage, reason: String) {
+        self.notices.push_back(letter_of(&msg, &reason));
+        self.dead.push((msg, reason));
+    }
+}
+
+fn letter_of(m: &MemMessage, reason: &str) -> DeadLetter {
+    DeadLetter {
+        message_id: (!m.message_id.is_empty()).then(|| m.message_id.clone()),
+        reason: reason.to_owned(),
+        queue: None,
+        size: m.body.len(),
+        headers: m.headers.clone(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -235,7 +260,7 @@ impl MemAcker {
                 }
                 if msg.failures >= self.broker.delivery_limit {
                     let reason = format!("delivery limit of {} reached", self.broker.delivery_limit);
-                    s.dead.push((msg, reason));
+                    s.bury(msg, reason);
                 } else {
                     msg.delivered = true;
                     s.queues.entry(class).or_default().push_front(msg);
@@ -243,7 +268,7 @@ impl MemAcker {
             }
             Settle::Dead => {
                 msg.failures += 1;
-                s.dead.push((msg, "rejected without requeue".into()));
+                s.bury(msg, "rejected without requeue".into());
             }
         }
         drop(s);
@@ -350,26 +375,15 @@ impl Broker for MemoryBroker {
         let mut s = self.lock();
         s.next_id += 1;
         let id = s.next_id;
-        s.dead.push((
-            MemMessage { id, message_id: String::new(), body, headers, delivered: true, failures: 0 },
-            reason.to_owned(),
-        ));
+        // The agent passes the original message id as a header (as on RabbitMQ).
+        let message_id = headers.get("message-id").cloned().unwrap_or_default();
+        s.bury(MemMessage { id, message_id, body, headers, delivered: true, failures: 0 }, reason.to_owned());
         Ok(())
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let s = self.lock();
-        Ok(s.dead
-            .iter()
-            .take(limit)
-            .map(|(m, reason)| DeadLetter {
-                message_id: (!m.message_id.is_empty()).then(|| m.message_id.clone()),
-                reason: reason.clone(),
-                queue: None,
-                size: m.body.len(),
-                headers: m.headers.clone(),
-            })
-            .collect())
+        Ok(s.dead.iter().take(limit).map(|(m, reason)| letter_of(m, reason)).collect())
     }
 
     async fn take_dead_letters(&self, message_id_prefix: &str) -> Result<Vec<DeadLetter>> {
@@ -395,6 +409,12 @@ impl Broker for MemoryBroker {
 
     async fn dead_letter_count(&self) -> Result<u64> {
         Ok(self.lock().dead.len() as u64)
+    }
+
+    async fn take_dead_letter_notices(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let mut s = self.lock();
+        let n = max.min(s.notices.len());
+        Ok(s.notices.drain(..n).collect())
     }
 }
 

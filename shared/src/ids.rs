@@ -76,6 +76,24 @@ impl ModelId {
     pub fn is_zeroth_order(self) -> bool {
         matches!(self, ModelId::MezoOpt | ModelId::DizoOpt)
     }
+
+    /// Why this method cannot train or score `task`, or `None` when it can.
+    ///
+    /// The one place that knows which model × task pairs are refused: spec resolution
+    /// asks it so that `qsched submit` refuses such a pair before anything is recorded or
+    /// enqueued (the agent keeps its own check for shards that come from elsewhere).
+    pub fn unsupported_reason(self, task: TaskId) -> Option<&'static str> {
+        match (self.family(), task) {
+            // The OPT methods score the label words of a prompt; a similarity score in
+            // [0, 5] has none, and a regression head is not what they benchmark.
+            (Family::Opt, TaskId::Stsb) => Some(
+                "STS-B is a regression task (similarity 0-5) and has no label words, which the OPT prompt \
+                 methods (ft-opt, mezo-opt, dizo-opt) train and score; qwen3, qwen3-ckpt and rev-qwen3 \
+                 train it with a regression head",
+            ),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for ModelId {
@@ -310,6 +328,19 @@ mod tests {
         assert_eq!(ModelId::DizoOpt.family(), Family::Opt);
         assert!(ModelId::MezoOpt.is_zeroth_order());
         assert!(!ModelId::FtOpt.is_zeroth_order());
+    }
+
+    /// Exactly the OPT prompt methods × STS-B are refused, each with the reason.
+    #[test]
+    fn unsupported_pairs() {
+        for m in ModelId::ALL {
+            for t in TaskId::ALL {
+                let refused = m.family() == Family::Opt && t == TaskId::Stsb;
+                assert_eq!(m.unsupported_reason(t).is_some(), refused, "{m} × {t}");
+            }
+        }
+        let why = ModelId::MezoOpt.unsupported_reason(TaskId::Stsb).unwrap();
+        assert!(why.contains("regression") && why.contains("label words"), "{why}");
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl Keys {
         self.run(run, "attempts")
     }
 
+    /// Hash: `<shard id>/<attempt>` → JSON [`crate::store::AttemptError`] of a retried attempt.
+    pub fn shard_attempt_errors(&self, run: &str) -> String {
+        self.run(run, "attempt_errors")
+    }
+
     /// Hash: shard id → JSON progress `{step, total_steps, agent, at}`.
     pub fn shard_progress(&self, run: &str) -> String {
         self.run(run, "progress")

@@ -8,8 +8,11 @@
 //! - [`wire`]: the MessagePack codec with schema version and size limit.
 //! - [`keys`]: the Redis key schema.
 //! - [`broker`] / [`amqp`]: the broker trait, its in-process and RabbitMQ implementations.
+//! - [`dead_letters`]: shards the broker dead-lettered on its own, made known to the store.
 //! - [`store`] / [`redis_store`]: the state store trait, in-process and Redis implementations.
+//! - [`endpoints`]: the connection flags (URLs, URL files, CA files) of `qsched` and `qagent`.
 //! - [`secrets`]: credential-bearing URLs read from files and redacted for display.
+//! - [`tls`]: the CA bundle trusted for `amqps://` and `rediss://` connections.
 //! - [`telemetry`]: tracing setup, OTLP export and W3C trace-context propagation.
 //!
 //! This crate never links libtorch.
@@ -17,7 +20,9 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod dead_letters;
 pub mod device;
+pub mod endpoints;
 pub mod error;
 pub mod ids;
 pub mod keys;
@@ -29,6 +34,7 @@ pub mod shard;
 pub mod spec;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use device::{DeviceClass, DeviceSpec};

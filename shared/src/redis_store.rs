@@ -39,7 +39,8 @@ use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::secrets::{redact_url, scrub_secrets};
 use crate::shard::{AgentHeartbeat, MetricPoint, RunRecord, ShardResult, ShardState, unix_now};
-use crate::store::{DeadLetterRecord, METRIC_STREAM_MAXLEN, Progress, Store};
+use crate::store::{AttemptError, DeadLetterRecord, METRIC_STREAM_MAXLEN, Progress, Store};
+use crate::tls::CaBundle;
 
 /// Dead-letter records kept (the list is trimmed on every push).
 pub const DEAD_LETTER_RECORDS_KEPT: usize = 1000;
@@ -131,6 +132,8 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// Retry policy for transient errors.
     pub retry: RetryPolicy,
+    /// CA trusted for a `rediss://` URL instead of the host's store (`--redis-ca-file`).
+    pub ca: Option<CaBundle>,
 }
 
 impl RedisConfig {
@@ -142,6 +145,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            ca: None,
         }
     }
 
@@ -161,6 +165,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("retry", &self.retry)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -206,7 +211,15 @@ impl RedisStore {
             message: scrub_secrets(&message, &config.url),
             transient,
         };
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+        crate::tls::check_scheme(&config.url, config.ca.as_ref(), "rediss", "Redis URL")?;
+        let client = match &config.ca {
+            None => redis::Client::open(config.url.as_str()),
+            Some(ca) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(ca.pem().as_bytes().to_vec()) },
+            ),
+        }
+        .map_err(|e| {
             fail(format!("not a usable Redis URL ({e}); expected redis://[:password@]host:6379[/db]"), false)
         })?;
         // The manager's own reconnect loop stays short: the retry policy of this store is
@@ -497,6 +510,29 @@ impl Store for RedisStore {
 
     async fn attempts(&self, run: &str) -> Result<BTreeMap<String, u32>> {
         self.query("reading attempts", redis::cmd("HGETALL").arg(self.keys.shard_attempts(run))).await
+    }
+
+    async fn record_attempt_error(&self, run: &str, shard: &str, error: &AttemptError) -> Result<()> {
+        let field = format!("{shard}/{}", error.attempt);
+        let cmd =
+            redis::cmd("HSET").arg(self.keys.shard_attempt_errors(run)).arg(field).arg(to_json(error)?).to_owned();
+        self.query("recording an attempt's error", &cmd).await
+    }
+
+    async fn attempt_errors(&self, run: &str) -> Result<BTreeMap<String, Vec<AttemptError>>> {
+        let key = self.keys.shard_attempt_errors(run);
+        let raw: BTreeMap<String, String> =
+            self.query("reading attempt errors", redis::cmd("HGETALL").arg(&key)).await?;
+        let mut out: BTreeMap<String, Vec<AttemptError>> = BTreeMap::new();
+        for (field, json) in raw {
+            // Shard ids never contain '/' (they are validated names), so the last one splits.
+            let shard = field.rsplit_once('/').map_or(field.as_str(), |(shard, _)| shard);
+            out.entry(shard.to_owned()).or_default().push(self.decode(&key, &json)?);
+        }
+        for errors in out.values_mut() {
+            errors.sort_by_key(|e| e.attempt);
+        }
+        Ok(out)
     }
 
     async fn set_progress(&self, run: &str, shard: &str, progress: &Progress) -> Result<()> {

@@ -141,7 +141,7 @@ pub struct TrainSettings {
     pub precision: Precision,
 }
 
-/// DiZO's projection settings (zo_methods.md §2.3).
+/// DiZO's projection settings (docs/zo_methods.md §2.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DizoSettings {
@@ -274,7 +274,7 @@ fn zeroth_order(s: Steps, zo_eps: f64) -> TrainSettings {
     }
 }
 
-/// The DiZO paper's settings (zo_methods.md §2.3), which the GPU presets use as they are.
+/// The DiZO paper's settings (docs/zo_methods.md §2.3), which the GPU presets use as they are.
 impl Default for DizoSettings {
     fn default() -> Self {
         DizoSettings {

@@ -292,7 +292,9 @@ impl SpecInput {
         let preset = apply_overrides(base, &overlays)?;
         preset.validate()?;
 
-        let models = match self.models.or(f.models) {
+        let given_models = self.models.or(f.models);
+        let models_by_default = given_models.is_none();
+        let models = match given_models {
             Some(list) => list.iter().map(|m| m.trim().parse()).collect::<Result<Vec<ModelId>, _>>()?,
             None => ModelId::ALL.to_vec(),
         };
@@ -304,6 +306,7 @@ impl SpecInput {
         if models.is_empty() || tasks.is_empty() || seeds.is_empty() {
             return Err(Error::invalid("spec", "models, tasks and seeds must each list at least one value"));
         }
+        check_pairs(&models, &tasks, models_by_default)?;
         let device_class = match self.device.or(f.device) {
             Some(d) => d.parse()?,
             None => preset.device_class,
@@ -343,6 +346,39 @@ impl SpecInput {
             rev_qwen3_init,
         })
     }
+}
+
+/// Refuses a matrix with a model × task pair that cannot run, naming every such pair and
+/// why, so that `qsched submit` fails before anything is recorded or enqueued instead of
+/// the agents failing those shards one by one.
+fn check_pairs(models: &[ModelId], tasks: &[TaskId], models_by_default: bool) -> Result<(), Error> {
+    // Pairs grouped by reason, in matrix order.
+    let mut refused: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for &model in models {
+        for &task in tasks {
+            let Some(why) = model.unsupported_reason(task) else { continue };
+            let pair = format!("{model} × {task}");
+            match refused.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, pairs)) => {
+                    if !pairs.contains(&pair) {
+                        pairs.push(pair);
+                    }
+                }
+                None => refused.push((why, vec![pair])),
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let reasons: Vec<String> =
+        refused.iter().map(|(why, pairs)| format!("{} cannot run: {why}", pairs.join(", "))).collect();
+    let hint = if models_by_default {
+        "; the spec names no models, so it has every one: list the ones to run (--models or `models = [...]`)"
+    } else {
+        "; drop those models or tasks from the spec"
+    };
+    Err(Error::invalid("spec", format!("{}{hint}", reasons.join("; "))))
 }
 
 /// The weight source of `rev-qwen3`. A Qwen3 checkpoint computes a different function in
@@ -456,6 +492,28 @@ mod tests {
 
         let i = input("[preset.qwen3]\nnum_key_value_heads = 3");
         assert!(i.resolve().unwrap_err().to_string().contains("multiple of num_key_value_heads"));
+    }
+
+    /// A pair the agents would refuse is refused here, before anything is recorded.
+    #[test]
+    fn unsupported_model_task_pairs_are_refused_at_resolution() {
+        let mut i = SpecInput::default();
+        i.models = Some(vec!["qwen3".into(), "mezo-opt".into(), "dizo-opt".into()]);
+        i.tasks = Some(vec!["sst2".into(), "stsb".into()]);
+        let err = i.resolve().unwrap_err().to_string();
+        assert!(err.starts_with("invalid spec: mezo-opt × stsb, dizo-opt × stsb cannot run: STS-B"), "{err}");
+        assert!(err.contains("regression") && err.contains("drop those models or tasks"), "{err}");
+        assert!(!err.contains("qwen3 × stsb"), "{err}");
+        // Every model by default: the message says the models came by default.
+        let mut i = SpecInput::default();
+        i.tasks = Some(vec!["stsb".into()]);
+        let err = i.resolve().unwrap_err().to_string();
+        assert!(err.contains("ft-opt × stsb") && err.contains("names no models"), "{err}");
+        // The Qwen3 methods train STS-B.
+        let mut i = SpecInput::default();
+        i.models = Some(vec!["qwen3".into(), "qwen3-ckpt".into(), "rev-qwen3".into()]);
+        i.tasks = Some(vec!["stsb".into()]);
+        assert_eq!(i.resolve().unwrap().tasks, vec![TaskId::Stsb]);
     }
 
     #[test]

@@ -32,6 +32,21 @@ pub struct Progress {
     pub at: f64,
 }
 
+/// Why one attempt of a shard failed before the shard was retried. A failure that ends
+/// the shard is its result; these are the ones before it, which would otherwise only be
+/// in an agent's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Which attempt (1-based, as `incr_attempt` counted it).
+    pub attempt: u32,
+    /// Agent that ran it.
+    pub agent: String,
+    /// What went wrong.
+    pub error: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
 /// A dead letter recorded by an agent, with the context it had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterRecord {
@@ -69,6 +84,11 @@ pub trait Store: Send + Sync {
     async fn incr_attempt(&self, run: &str, shard: &str) -> Result<u32>;
     /// Attempts per shard.
     async fn attempts(&self, run: &str) -> Result<BTreeMap<String, u32>>;
+    /// Records why an attempt failed before its shard was retried (one entry per attempt;
+    /// recording the same attempt again replaces it).
+    async fn record_attempt_error(&self, run: &str, shard: &str, error: &AttemptError) -> Result<()>;
+    /// The recorded attempt errors of a run's shards, oldest attempt first.
+    async fn attempt_errors(&self, run: &str) -> Result<BTreeMap<String, Vec<AttemptError>>>;
     /// Updates a running shard's progress.
     async fn set_progress(&self, run: &str, shard: &str, progress: &Progress) -> Result<()>;
     /// Progress of every shard that reported any.
@@ -116,6 +136,7 @@ struct MemData {
     runs: BTreeMap<String, RunRecord>,
     states: BTreeMap<String, BTreeMap<String, ShardState>>,
     attempts: BTreeMap<String, BTreeMap<String, u32>>,
+    attempt_errors: BTreeMap<String, BTreeMap<String, BTreeMap<u32, AttemptError>>>,
     progress: BTreeMap<String, BTreeMap<String, Progress>>,
     metrics: BTreeMap<(String, String), Vec<MetricPoint>>,
     results: BTreeMap<(String, String), ShardResult>,
@@ -204,6 +225,19 @@ impl Store for MemoryStore {
 
     async fn attempts(&self, run: &str) -> Result<BTreeMap<String, u32>> {
         Ok(self.lock().attempts.get(run).cloned().unwrap_or_default())
+    }
+
+    async fn record_attempt_error(&self, run: &str, shard: &str, error: &AttemptError) -> Result<()> {
+        let mut d = self.lock();
+        let shards = d.attempt_errors.entry(run.to_owned()).or_default();
+        shards.entry(shard.to_owned()).or_default().insert(error.attempt, error.clone());
+        Ok(())
+    }
+
+    async fn attempt_errors(&self, run: &str) -> Result<BTreeMap<String, Vec<AttemptError>>> {
+        let d = self.lock();
+        let Some(shards) = d.attempt_errors.get(run) else { return Ok(BTreeMap::new()) };
+        Ok(shards.iter().map(|(shard, by_attempt)| (shard.clone(), by_attempt.values().cloned().collect())).collect())
     }
 
     async fn set_progress(&self, run: &str, shard: &str, progress: &Progress) -> Result<()> {

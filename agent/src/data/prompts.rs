@@ -107,11 +107,8 @@ pub fn train_objective(task: TaskId) -> TrainObjective {
 /// Refuses method × task pairs that make no sense (STS-B regression with label words).
 pub fn check_supported(task: TaskId, format: InputFormat) -> Result<()> {
     if task == TaskId::Stsb && format == InputFormat::PromptLabelWords {
-        return Err(Error::Unsupported(
-            "STS-B is a regression task (similarity 0-5) and has no label words; the OPT prompt methods \
-             (ft-opt, mezo-opt, dizo-opt) cannot train or score it. Use qwen3 or rev-qwen3."
-                .into(),
-        ));
+        // Which methods this rules out is `ModelId::unsupported_reason`'s business.
+        return Err(Error::Unsupported("STS-B is a regression task (similarity 0-5): it has no label words".into()));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! from the attention mask (`cumsum(mask)·mask − 1`, table offset 2, so left padding with
 //! pad id 1 does not shift positions), pre-LN layers (every size but 350m) or the post-LN
 //! opt-350m layout with `project_in`/`project_out`, ReLU FFN, q scaled by `head_dim^-0.5`,
-//! causal + padding mask, dropout only when training. See reference/zo_methods.md §5.
+//! causal + padding mask, dropout only when training. See docs/zo_methods.md §5.
 //!
 //! Deviation from HF, on purpose: fully masked query rows (left-padding positions) attend
 //! to themselves (finite, don't-care outputs) instead of kernel-dependent values.

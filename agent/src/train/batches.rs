@@ -59,8 +59,26 @@ impl BatchOrder {
     }
 }
 
+/// What a per-step seed is for: each purpose is its own stream of seeds, so two uses of
+/// one (shard seed, step) never share random draws. The trainer and `qbench` take every
+/// seed from here. The numbers are part of every seeded run: changing one changes the
+/// weights, noise and directions of every shard and checkpoint that used it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedPurpose {
+    /// Random weight initialisation (step 0).
+    Init = 1,
+    /// Dropout masks of a first-order step.
+    Dropout = 2,
+    /// MeZO's SPSA direction z of a step.
+    Spsa = 3,
+    /// DiZO's u vector of one projection iteration; its "step" is the iteration's index
+    /// `(round − 1)·J + j` (rounds count from 1).
+    DizoU = 4,
+}
+
 /// SplitMix64: a seed for (shard seed, purpose, step) that differs in every bit.
-pub fn step_seed(seed: u64, purpose: u64, step: u64) -> u64 {
+pub fn step_seed(seed: u64, purpose: SeedPurpose, step: u64) -> u64 {
+    let purpose = purpose as u64;
     let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -103,9 +121,22 @@ mod tests {
 
     #[test]
     fn step_seeds_differ() {
-        assert_ne!(step_seed(1, 0, 0), step_seed(1, 0, 1));
-        assert_ne!(step_seed(1, 0, 0), step_seed(2, 0, 0));
-        assert_ne!(step_seed(1, 0, 0), step_seed(1, 1, 0));
+        use SeedPurpose::*;
+        assert_ne!(step_seed(1, Init, 0), step_seed(1, Init, 1));
+        assert_ne!(step_seed(1, Init, 0), step_seed(2, Init, 0));
+        assert_ne!(step_seed(1, Init, 0), step_seed(1, Dropout, 0));
         assert!(torch_seed(u64::MAX) >= 0);
+    }
+
+    /// The purposes' numbers are those of every earlier seeded run (and checkpoint).
+    #[test]
+    fn seed_purposes_keep_their_numbers() {
+        let numbered =
+            [(SeedPurpose::Init, 1), (SeedPurpose::Dropout, 2), (SeedPurpose::Spsa, 3), (SeedPurpose::DizoU, 4)];
+        for (purpose, n) in numbered {
+            assert_eq!(purpose as u64, n, "{purpose:?}");
+        }
+        // And the mixing itself (SplitMix64 of seed ^ purpose·φ ^ step·c, evaluated in Python).
+        assert_eq!(step_seed(7, SeedPurpose::Spsa, 11), 0xCE71_73E5_40BF_604C);
     }
 }

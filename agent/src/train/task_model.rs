@@ -5,7 +5,12 @@
 //! STS-B). OPT methods use the prompt format: each candidate is scored by the mean
 //! log-probability of its option tokens, the loss is cross-entropy over candidates (or,
 //! for COPA, the gold candidate's token-level LM loss), and the prediction is the
-//! best-scoring candidate (zo_methods.md §1.3).
+//! best-scoring candidate (docs/zo_methods.md §1.3).
+//!
+//! The causal-LM forms ([`Net::Qwen3Lm`], [`Net::Qwen3LmCkpt`], [`Net::RevQwen3Lm`] with
+//! [`Batch::Lm`]: next-token cross-entropy over all positions) are trained by no shard
+//! today; `qbench` measures them (`qwen3-depth --head lm`, `rev-grad-error`) through the
+//! same training step as the trainer's (`train::method`).
 
 use tch::{Kind, Tensor, nn};
 
@@ -33,6 +38,12 @@ pub enum Net {
     RevQwen3(rev_qwen3::RevQwen3ForSequenceClassification),
     /// OPT language model scoring prompt candidates.
     Opt(opt::OptForCausalLM),
+    /// Qwen3 language model, next-token objective (autograd backprop).
+    Qwen3Lm(qwen3::Qwen3ForCausalLM),
+    /// Qwen3 language model, next-token objective, per-layer activation checkpointing.
+    Qwen3LmCkpt(qwen3::Qwen3ForCausalLM),
+    /// Reversible Qwen3 language model, next-token objective (trained by reconstruction).
+    RevQwen3Lm(rev_qwen3::RevQwen3ForCausalLM),
 }
 
 /// Refuses a checkpoint the shard did not ask for in the form its model needs: a Qwen3
@@ -127,6 +138,8 @@ impl Net {
             Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.named_parameters(),
             Net::RevQwen3(m) => m.named_parameters(),
             Net::Opt(m) => m.named_parameters(),
+            Net::Qwen3Lm(m) | Net::Qwen3LmCkpt(m) => m.named_parameters(),
+            Net::RevQwen3Lm(m) => m.named_parameters(),
         }
     }
 
@@ -141,6 +154,8 @@ impl Net {
             Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.config().vocab_size,
             Net::RevQwen3(m) => m.config().vocab_size,
             Net::Opt(m) => m.config().vocab_size,
+            Net::Qwen3Lm(m) | Net::Qwen3LmCkpt(m) => m.config().vocab_size,
+            Net::RevQwen3Lm(m) => m.config().vocab_size,
         }
     }
 }
@@ -169,6 +184,19 @@ impl Encoded {
     }
 }
 
+/// A next-token (causal-LM) batch on one device.
+#[derive(Debug)]
+pub struct LmBatch {
+    /// `[B, T]` Int64 token ids.
+    pub input_ids: Tensor,
+    /// `[B, T]` Int64, 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[B·T]` Int64 next-token targets, −100 where no token follows (ignored).
+    pub targets: Tensor,
+    /// Non-pad tokens in the batch.
+    pub num_tokens: usize,
+}
+
 /// A batch on the device.
 #[derive(Debug)]
 pub enum Batch {
@@ -176,6 +204,8 @@ pub enum Batch {
     Classifier(ClassifierBatch),
     /// Prompt-format batch.
     Candidates(CandidateBatch),
+    /// Next-token batch (causal-LM networks).
+    Lm(LmBatch),
 }
 
 impl Batch {
@@ -184,6 +214,38 @@ impl Batch {
         match self {
             Batch::Classifier(b) => b.num_tokens,
             Batch::Candidates(b) => b.num_tokens,
+            Batch::Lm(b) => b.num_tokens,
+        }
+    }
+
+    /// The same batch through new handles to the same tensors (no data copied).
+    pub fn shallow_clone(&self) -> Batch {
+        match self {
+            Batch::Classifier(b) => Batch::Classifier(ClassifierBatch {
+                input_ids: b.input_ids.shallow_clone(),
+                attention_mask: b.attention_mask.shallow_clone(),
+                labels: b.labels.shallow_clone(),
+                last_index: b.last_index.shallow_clone(),
+                num_tokens: b.num_tokens,
+            }),
+            Batch::Candidates(b) => Batch::Candidates(CandidateBatch {
+                input_ids: b.input_ids.shallow_clone(),
+                attention_mask: b.attention_mask.shallow_clone(),
+                option_mask: b.option_mask.shallow_clone(),
+                next_token_mask: b.next_token_mask.shallow_clone(),
+                example_index: b.example_index.shallow_clone(),
+                gold: b.gold.shallow_clone(),
+                num_examples: b.num_examples,
+                rows_per_example: b.rows_per_example,
+                rows: b.rows,
+                num_tokens: b.num_tokens,
+            }),
+            Batch::Lm(b) => Batch::Lm(LmBatch {
+                input_ids: b.input_ids.shallow_clone(),
+                attention_mask: b.attention_mask.shallow_clone(),
+                targets: b.targets.shallow_clone(),
+                num_tokens: b.num_tokens,
+            }),
         }
     }
 
@@ -202,6 +264,11 @@ impl Batch {
                 ("batch.option_mask", &b.option_mask),
                 ("batch.example_index", &b.example_index),
                 ("batch.gold", &b.gold),
+            ],
+            Batch::Lm(b) => vec![
+                ("batch.input_ids", &b.input_ids),
+                ("batch.attention_mask", &b.attention_mask),
+                ("batch.targets", &b.targets),
             ],
         }
     }
@@ -284,6 +351,19 @@ pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor> {
     }
 }
 
+/// Next-token loss as HF's `ForCausalLMLoss`: fp32 logits `[B·T, V]`, mean
+/// cross-entropy, targets −100 ignored.
+pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let v = logits.size()[2];
+    Ok(logits.f_to_kind(Kind::Float)?.f_view([-1, v])?.f_cross_entropy_loss(
+        targets,
+        None::<Tensor>,
+        tch::Reduction::Mean,
+        -100,
+        0.0,
+    )?)
+}
+
 /// Classifier logits for a batch (ordinary autograd forward).
 pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
     match net {
@@ -291,6 +371,9 @@ pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
         Net::RevQwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
         Net::Opt(_) => {
             Err(Error::Unsupported("OPT is trained in the prompt format, not with a classifier head".into()))
+        }
+        Net::Qwen3Lm(_) | Net::Qwen3LmCkpt(_) | Net::RevQwen3Lm(_) => {
+            Err(Error::Unsupported("a causal-LM network has no classifier head".into()))
         }
     }
 }
@@ -300,9 +383,18 @@ pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
 pub fn batch_loss(net: &Net, batch: &Batch, train: bool) -> Result<Tensor> {
     match (net, batch) {
         (Net::Opt(m), Batch::Candidates(b)) => candidate_loss(&option_scores(m, b, train)?, b),
+        (Net::Qwen3Lm(m) | Net::Qwen3LmCkpt(m), Batch::Lm(b)) => {
+            lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets)
+        }
+        (Net::RevQwen3Lm(m), Batch::Lm(b)) => lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets),
         (_, Batch::Classifier(b)) => classifier_loss(&classifier_logits(net, b)?, b),
         _ => Err(Error::Unsupported("batch format does not match the model".into())),
     }
+}
+
+/// A one-element tensor as f64 (copied to the host: a device synchronisation).
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.f_to_kind(Kind::Double)?.f_double_value(&[])?)
 }
 
 /// Predictions of one evaluation batch, appended to `out`.

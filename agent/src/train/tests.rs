@@ -1,7 +1,7 @@
 //! Tests that prove the training methods correct (issue "Training methods and the
 //! GLUE+ task suite"): MeZO's projected gradient against autograd, exact-enough
 //! restoration of θ after the ±ε probes, DiZO's γ estimate against autograd, DiZO's
-//! re-initialisation and clipping (zo_methods.md §1.2, §2.4), a method × task smoke
+//! re-initialisation and clipping (docs/zo_methods.md §1.2, §2.4), a method × task smoke
 //! matrix through the worker, qwen3-ckpt training like qwen3, resume-equals-uninterrupted,
 //! and the placement audit of optimizer state.
 //!
@@ -455,7 +455,7 @@ fn anchors_or_self(dizo: &zo::Dizo, params: &[(String, Tensor)]) -> Vec<(String,
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. DiZO's projection round: re-initialisation and clipping (zo_methods.md §2.4).
+// 4. DiZO's projection round: re-initialisation and clipping (docs/zo_methods.md §2.4).
 
 /// Synthetic fp64 parameters: three projected tensors (two shapes) and one that is not.
 fn synthetic_params() -> Vec<(String, Tensor)> {

@@ -1,5 +1,5 @@
 //! Zeroth-order training: MeZO (SPSA with seed-regenerated perturbations, in place) and
-//! DiZO (MeZO plus divergence-driven layer projection). ../shared/reference/zo_methods.md
+//! DiZO (MeZO plus divergence-driven layer projection). docs/zo_methods.md
 //! §1.2 and §2.4 are the specification followed here.
 //!
 //! MeZO never stores a perturbation: the direction z of step t is regenerated from a
@@ -10,7 +10,7 @@
 //!
 //! Trainable set: every parameter, `embed_tokens` included, for both methods, so that
 //! MeZO and DiZO differ only by the projection (the DiZO repository drops `embed_tokens`
-//! as a side effect; we do not, see zo_methods.md §2.2).
+//! as a side effect; we do not, see docs/zo_methods.md §2.2).
 
 use tch::{Kind, Tensor};
 
@@ -180,7 +180,7 @@ impl Dizo {
         tch::no_grad(|| -> Result<()> {
             for (p, &r) in self.projected.iter().zip(ratios) {
                 // Computed in fp32 at least: in fp16 the divide-back of `unapply` would
-                // leave a rounding residue (zo_methods.md §2.4).
+                // leave a rounding residue (docs/zo_methods.md §2.4).
                 let work = if p.param.kind() == Kind::Double { Kind::Double } else { Kind::Float };
                 let anchor = p.anchor_on_device()?.f_to_kind(work)?;
                 let delta = p.param.f_to_kind(work)?.f_sub(&anchor)?;
@@ -192,7 +192,7 @@ impl Dizo {
         })
     }
 
-    /// One projection round (zo_methods.md §2.4): J SPSA iterations on γ with fresh
+    /// One projection round (docs/zo_methods.md §2.4): J SPSA iterations on γ with fresh
     /// batches, re-initialised at γ = ‖Δθ‖ and clipped to [(1−τ)‖Δθ‖, (1+τ)‖Δθ‖], then
     /// the projection is applied permanently. `loss(j)` evaluates the loss of the j-th
     /// round batch with the current weights; `normal(j)` draws the u vector of iteration j.
@@ -286,6 +286,13 @@ pub struct RoundReport {
     pub ratios: Vec<f64>,
     /// Inner iterations skipped for a non-finite loss.
     pub skipped: u32,
+}
+
+impl RoundReport {
+    /// Mean of the final ratios (0 when there are none).
+    pub fn mean_ratio(&self) -> f64 {
+        self.ratios.iter().sum::<f64>() / self.ratios.len().max(1) as f64
+    }
 }
 
 #[cfg(test)]
