@@ -32,8 +32,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 const STEPS: u32 = 24;
-/// Shards of the run whose submit is interrupted (enough that publishing takes a while).
-const RUN_B_SHARDS: u64 = 5000;
+/// Shards of the run whose submit is interrupted (enough that publishing takes a while:
+/// about a second at the submit's rate on 2 cores).
+const RUN_B_SHARDS: u64 = 20_000;
 
 fn spec(seeds: std::ops::RangeInclusive<u64>) -> BenchmarkSpec {
     crate::procs::tiny_qwen3(seeds.collect(), STEPS, 4)
@@ -285,7 +286,18 @@ async fn long_suite() {
         let (broker, store) = (fleet.broker().await, fleet.store().await);
         let (spec, run) = (spec_b.clone(), run_b.clone());
         let submitting = tokio::spawn(async move { scheduler::submit(&spec, &run, &broker, &store).await.is_err() });
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        // Kill it mid-publish: once the first batches are confirmed (marked queued), after
+        // a random extra delay, while the submit is still running.
+        let store = fleet.store().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !submitting.is_finished() && Instant::now() < deadline {
+            let states = store.states(run_b.as_str()).await.unwrap_or_default();
+            if states.values().any(|s| *s != ShardState::Unpublished) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
         fleet.rabbit.kill();
         let interrupted = submitting.await.unwrap();
         *counts.entry("broker_restarts").or_default() += 1;
