@@ -73,7 +73,10 @@ fn python_torch_lib() -> std::result::Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("python3 not runnable: {e}"))?;
     if !out.status.success() {
-        return Err(format!("python3 cannot import torch: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        // The traceback's last line says what failed (e.g. `ModuleNotFoundError: …`).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        return Err(format!("python3 cannot import torch ({last})"));
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib"))
 }
@@ -136,6 +139,41 @@ fn load_cuda_backend() -> Result<PathBuf> {
 }
 
 type CuInit = unsafe extern "C" fn(u32) -> c_int;
+type CuDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> c_int;
+
+/// How many GPUs the CUDA driver (`libcuda.so.1`) sees, asked before anything of
+/// libtorch's CUDA backend is loaded, so that a host without a GPU is told so first.
+/// `Err` says why there is none: no driver library, or the driver's own error code.
+fn driver_device_count() -> std::result::Result<i32, String> {
+    let lib = CString::new("libcuda.so.1").map_err(|e| e.to_string())?;
+    // SAFETY: plain dlopen of the driver library; handle kept for the process lifetime.
+    let handle = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        return Err("the NVIDIA driver library libcuda.so.1 is not installed on this host".into());
+    }
+    let sym = |name: &str| -> std::result::Result<*mut c_void, String> {
+        let c = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: handle is valid, name is NUL-terminated.
+        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+        if p.is_null() { Err(format!("libcuda.so.1 has no {name}")) } else { Ok(p) }
+    };
+    // SAFETY: the symbols have these C signatures in every CUDA driver since 3.2.
+    unsafe {
+        let init: CuInit = std::mem::transmute(sym("cuInit")?);
+        let count_fn: CuDeviceGetCount = std::mem::transmute(sym("cuDeviceGetCount")?);
+        let rc = init(0);
+        if rc != 0 {
+            // 100 = CUDA_ERROR_NO_DEVICE; others (e.g. 999, 804) are driver trouble.
+            return Err(format!("the CUDA driver found no usable GPU (cuInit error {rc})"));
+        }
+        let mut count: c_int = 0;
+        let rc = count_fn(&mut count);
+        if rc != 0 {
+            return Err(format!("the CUDA driver could not count GPUs (error {rc})"));
+        }
+        Ok(count)
+    }
+}
 type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
 type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
 type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, c_int) -> c_int;
@@ -188,6 +226,22 @@ pub fn pin(spec: DeviceSpec) -> Result<PinnedDevice> {
             cuda_library: None,
         }),
         DeviceSpec::Cuda(ordinal) => {
+            let visible = || std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into());
+            match driver_device_count() {
+                Err(why) => {
+                    return Err(Error::Device(format!(
+                        "{spec} requested but this host has no CUDA device: {why} (CUDA_VISIBLE_DEVICES={})",
+                        visible()
+                    )));
+                }
+                Ok(0) => {
+                    return Err(Error::Device(format!(
+                        "{spec} requested but this host has no CUDA device visible (CUDA_VISIBLE_DEVICES={})",
+                        visible()
+                    )));
+                }
+                Ok(_) => {}
+            }
             let library = load_cuda_backend()?;
             if !tch::Cuda::is_available() {
                 return Err(Error::Device(format!(
@@ -324,8 +378,16 @@ mod tests {
     #[cfg(not(feature = "cuda-tests"))]
     #[test]
     fn cuda_without_gpu_is_a_clear_error() {
-        // On a CPU-only host the CUDA backend is absent, so pinning must fail loudly.
+        // On a host without a GPU, pinning fails and says that first, before anything
+        // about libtorch's CUDA backend (and with no Python traceback).
         let err = pin(DeviceSpec::Cuda(0)).unwrap_err().to_string();
-        assert!(err.contains("libtorch_cuda.so") || err.contains("CUDA is not available"), "unexpected error: {err}");
+        match driver_device_count() {
+            Err(_) | Ok(0) => {
+                assert!(err.contains("cuda:0 requested but this host has no CUDA device"), "{err}");
+                assert!(!err.contains("libtorch_cuda.so") && !err.contains("Traceback"), "{err}");
+            }
+            // A GPU host without the CUDA backend beside this build.
+            Ok(_) => assert!(err.contains("libtorch_cuda.so") || err.contains("CUDA is not available"), "{err}"),
+        }
     }
 }
