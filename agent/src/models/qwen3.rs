@@ -322,6 +322,20 @@ impl Rope {
     }
 }
 
+/// RoPE, `x·cos + rotate_half(x)·sin` (HF `apply_rotary_pos_emb`), with the second product
+/// and the sum computed in place on fresh temporaries: autograd keeps a product's inputs,
+/// not its output, so this is allowed and gives the same bits, while at most three
+/// `[B, H, T, D]` tensors are alive at once instead of five. With fp32 q/k this is the
+/// largest transient of a layer's forward, and where the peak of a recomputing backward
+/// (checkpointed or reversible) falls.
+fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let mut rotated = rotate_half(xs)?;
+    let _ = rotated.f_mul_(sin)?;
+    let mut out = xs.f_mul(cos)?;
+    let _ = out.f_add_(&rotated)?;
+    Ok(out)
+}
+
 /// `cat(-x₂, x₁)` over the last dim (HF `rotate_half`).
 fn rotate_half(xs: &Tensor) -> Result<Tensor> {
     let half = xs.size()[3] / 2;
@@ -379,8 +393,8 @@ impl Attention {
         let k = self.k_norm.forward(&self.k_proj.forward(xs)?.f_view([b, t, kv, d])?)?.f_transpose(1, 2)?;
         let v = self.v_proj.forward(xs)?.f_view([b, t, kv, d])?.f_transpose(1, 2)?;
         // 2. RoPE: x·cos + rotate_half(x)·sin, tables [T, D] broadcast over B and heads.
-        let q = q.f_mul(&li.cos)?.f_add(&rotate_half(&q)?.f_mul(&li.sin)?)?;
-        let k = k.f_mul(&li.cos)?.f_add(&rotate_half(&k)?.f_mul(&li.sin)?)?;
+        let q = rope(&q, &li.cos, &li.sin)?;
+        let k = rope(&k, &li.cos, &li.sin)?;
         // 3. Attention [B, H, T, D]. Like HF: SDPA's native GQA without a mask, expanded
         //    k/v ([B, KV, T, D] → [B, H, T, D]) with an explicit mask.
         let scale = (d as f64).powf(-0.5);

@@ -7,7 +7,7 @@
 //! Per layer, with `F = Attn ∘ RMSNorm_attn` and `G = MLP ∘ RMSNorm_mlp` (the two
 //! residual branches of `qwen3::DecoderLayer`, reused, not copied), streams `x1`, `x2`
 //! held as int64 tensors on a grid of 2⁻³² ([`STREAM_FRACTION_BITS`]),
-//! `q(v) = round(v · 2³²)` (int64) and `dq(n) = n · 2⁻³²` in the model's kind:
+//! `q(v) = trunc(v · 2³²)` (int64) and `dq(n) = n · 2⁻³²` in the model's kind:
 //!
 //! ```text
 //! x1 = x2 = q(embed(ids))
@@ -19,8 +19,9 @@
 //! Adding and subtracting integers is exact, so the backward recovers every block's input
 //! bit for bit, however large the streams grow (with float streams `(x + f) − f ≠ x`, and
 //! the error grew from the top of the stack down into the embedding). Each branch output
-//! is quantised once, after a cast to the model's kind (under bf16 autocast the branches
-//! compute in bf16; their outputs are cast to fp32 first). `q` is straight-through: the
+//! is quantised once, in the kind it was computed in (under bf16 autocast the branches
+//! compute in bf16; scaling by 2³² is exact, so the integers are those of its fp32 cast).
+//! `q` is straight-through: the
 //! gradient is autograd's gradient of this quantised network with `dq ∘ q` taken as the
 //! identity. [`RevQwen3ForCausalLM::forward`] (training by autograd, eval, inference)
 //! computes the same quantised network as the reconstruction backward, so train and eval
@@ -31,15 +32,17 @@
 //! take that, not the unquantised network, as "the same network" because it is the
 //! function the fp32 reconstruction and fp32 autograd both implement, so their errors
 //! against it are rounding errors only. The two references differ by the quantisation
-//! itself, at most 2⁻³³ ≈ 1.2e-10 absolute per addition.
+//! itself, less than 2⁻³² ≈ 2.3e-10 absolute per addition (`q` truncates toward zero:
+//! one cast, where rounding to nearest would cost another pass over every value).
 //!
 //! Range: the grid holds ±2³¹ in int64 (±2⁶³ integers). An embedding or branch output of
-//! magnitude ≥ 2³⁰ / (layers + 1), or a non-finite one, makes the output NaN (as a float
+//! magnitude ≥ the largest power of two not above 2³⁰ / (layers + 1) (2²⁵ ≈ 3.4e7 at 28
+//! layers), or a non-finite one, makes the output NaN (as a float
 //! network's non-finite activations would), so the trainer's non-finite-loss handling
 //! still sees it; below that no stream leaves ±2³⁰ and no integer addition can wrap.
 //! Trained Qwen3 hidden states (including the "massive activations" of a few channels,
 //! O(10³–10⁴)) are far inside. The grid step 2.3e-10 is finer than an fp32 ulp for any
-//! value above ~2e-3 in magnitude; smaller values are rounded to 1.2e-10 absolute.
+//! value above ~2e-3 in magnitude; smaller values are truncated to within 2.3e-10.
 //!
 //! Exactness needs the recomputed branch output to be bit-identical to the forward's
 //! (same input bits, so the same kernels must run): the forward therefore runs each
@@ -77,41 +80,56 @@ pub const STREAM_FRACTION_BITS: i32 = 32;
 
 /// The fixed-point grid of one model: quantisation, dequantisation into the model's
 /// float kind, and the range guard.
-#[derive(Debug, Clone, Copy)]
+///
+/// Each operation is one elementwise pass where ATen allows it: these passes run over
+/// `B × T × hidden` values twice per block in each direction, and they are most of what
+/// the coupling costs over a plain residual stream.
+#[derive(Debug)]
 struct Grid {
     /// The model's parameter kind (fp32, or fp64 for references); `dq` returns it.
     kind: Kind,
-    /// Largest magnitude an embedding or branch output may have (see the module docs).
+    /// Largest magnitude an embedding or branch output may have (see the module docs): a
+    /// power of two, so the comparison is exact in any float kind (a bf16 branch output
+    /// is compared in bf16).
     limit: f64,
+    /// `2⁻³²` as a 0-dim tensor of `kind`: an int64 tensor times a 0-dim float tensor is
+    /// computed and returned in that float kind in one pass (type promotion lets the
+    /// 0-dim operand decide when it is of a higher category), with no int→float copy.
+    inv_scale: Tensor,
 }
 
 impl Grid {
-    fn new(model: &Qwen3Model) -> Grid {
+    fn new(model: &Qwen3Model) -> Result<Grid> {
         let layers = model.layers.len() as f64;
-        Grid { kind: model.embed_tokens.kind(), limit: 2f64.powi(30) / (layers + 1.0) }
+        let kind = model.embed_tokens.kind();
+        let inv_scale = Tensor::f_scalar_tensor(2f64.powi(-STREAM_FRACTION_BITS), (kind, tch::Device::Cpu))?;
+        let limit = 2f64.powi((2f64.powi(30) / (layers + 1.0)).log2().floor() as i32);
+        Ok(Grid { kind, limit, inv_scale })
     }
 
-    /// `q(v) = round(v · 2³²)` as int64, after casting `v` to the model's kind (exact
-    /// for bf16 outputs; scaling by a power of two is exact in binary floating point).
+    /// `q(v) = trunc(v · 2³²)` as int64, computed in `v`'s own kind: scaling by a power of
+    /// two is exact in binary floating point, so a bf16 branch output gives the same
+    /// integers as its fp32 cast would, without the cast.
     fn q(&self, v: &Tensor) -> Result<Tensor> {
-        // One float temporary, rounded in place (the backward's peak memory counts it).
-        let mut scaled = v.f_detach()?.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(STREAM_FRACTION_BITS))?;
-        let _ = scaled.f_round_()?;
-        Ok(scaled.f_to_kind(Kind::Int64)?)
+        Ok(v.f_detach()?.f_mul_scalar(2f64.powi(STREAM_FRACTION_BITS))?.f_to_kind(Kind::Int64)?)
+    }
+
+    /// A fresh leaf requiring grad holding `dq(n)`: a branch's input in both passes.
+    fn leaf(&self, n: &Tensor) -> Result<Tensor> {
+        Ok(self.dq(n)?.f_set_requires_grad(true)?)
     }
 
     /// `dq(n) = n · 2⁻³²` in the model's kind (no graph: callers attach one).
     fn dq(&self, n: &Tensor) -> Result<Tensor> {
-        Ok(n.f_to_kind(self.kind)?.f_mul_scalar(2f64.powi(-STREAM_FRACTION_BITS))?)
+        Ok(n.f_mul(&self.inv_scale)?)
     }
 
-    /// `bad ∨ ¬(max |v| < limit)`, a 0-dim bool tensor (no host sync; NaN counts as bad).
-    fn out_of_range(&self, v: &Tensor, bad: Option<Tensor>) -> Result<Tensor> {
-        let this = v.f_detach()?.f_abs()?.f_max()?.f_lt(self.limit)?.f_logical_not()?;
-        match bad {
-            None => Ok(this),
-            Some(b) => Ok(b.f_logical_or(&this)?),
-        }
+    /// `¬(−limit < min ∧ max < limit)` over every value `range` recorded, a 0-dim bool
+    /// tensor (no host sync; NaN propagates through min and max and fails both tests).
+    fn out_of_range(&self, range: &Range) -> Result<Tensor> {
+        let lo = Tensor::f_stack(&range.lows, 0)?.f_min()?;
+        let hi = Tensor::f_stack(&range.highs, 0)?.f_max()?;
+        Ok(hi.f_lt(self.limit)?.f_logical_and(&lo.f_gt(-self.limit)?)?.f_logical_not()?)
     }
 
     /// The value `dq(n)` with `carrier`'s graph attached as the identity (straight-through
@@ -122,6 +140,24 @@ impl Grid {
             return Ok(value);
         }
         Ok(value.f_add(&carrier.f_sub(&carrier.f_detach()?)?)?)
+    }
+}
+
+/// The minimum and maximum of every value quantised in one pass (the embedding and each
+/// branch output), kept as 0-dim tensors and reduced once by [`Grid::out_of_range`]: one
+/// reduction kernel per branch instead of a chain of tiny ones.
+#[derive(Debug, Default)]
+struct Range {
+    lows: Vec<Tensor>,
+    highs: Vec<Tensor>,
+}
+
+impl Range {
+    fn record(&mut self, v: &Tensor) -> Result<()> {
+        let (lo, hi) = v.f_detach()?.f_aminmax(None, false)?;
+        self.lows.push(lo);
+        self.highs.push(hi);
+        Ok(())
     }
 }
 
@@ -141,13 +177,13 @@ impl Stream {
     }
 }
 
-/// Runs one branch on a fresh leaf holding `dq(n)`, grad enabled, and returns its output
-/// in the model's kind (with graph) and the leaf. The forward and the backward both call
-/// this, so the recomputation dispatches the same kernels as the forward.
-fn run_branch(grid: &Grid, n: &Tensor, branch: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<(Tensor, Tensor)> {
-    let leaf = grid.dq(n)?.f_set_requires_grad(true)?;
-    let out = tch::with_grad(|| -> Result<Tensor> { Ok(branch(&leaf)?.f_to_kind(grid.kind)?) })?;
-    Ok((out, leaf))
+/// Runs one branch with grad on `leaf` (from [`Grid::leaf`]) and returns its output (with
+/// graph, in the kind the branch computed it: bf16 under autocast). The forward and the
+/// backward both call this, so the recomputation dispatches the same kernels as the
+/// forward. The output is not cast to the model's kind: `q` reads it as it is, and `vjp`
+/// casts the incoming gradient instead.
+fn run_branch(leaf: &Tensor, branch: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    tch::with_grad(|| branch(leaf))
 }
 
 fn attn(layer: &DecoderLayer, li: &LayerInputs) -> impl Fn(&Tensor) -> Result<Tensor> {
@@ -177,10 +213,11 @@ impl RevQwen3Model {
     fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, CheckedInputs)> {
         // 1. Checks, shared mask and RoPE tables.
         let (inputs, li) = self.inner.prepare(ids, mask)?;
-        let grid = Grid::new(&self.inner);
+        let grid = Grid::new(&self.inner)?;
         // 2. Embed [B, T, hidden], quantise, duplicate into both streams.
         let h = self.inner.embed(&inputs.ids)?;
-        let mut bad = grid.out_of_range(&h, None)?;
+        let mut range = Range::default();
+        range.record(&h)?;
         let n = grid.q(&h)?;
         let v = grid.straight_through(&n, &h)?;
         let mut x1 = Stream { n: n.shallow_clone(), v: v.shallow_clone() };
@@ -188,14 +225,14 @@ impl RevQwen3Model {
         // 3. Coupled layers.
         for layer in &self.inner.layers {
             let f = layer.attn_branch(&x2.v, &li)?.f_to_kind(grid.kind)?;
-            bad = grid.out_of_range(&f, Some(bad))?;
+            range.record(&f)?;
             x1 = x1.add(&grid, &f)?;
             let g = layer.mlp_branch(&x1.v)?.f_to_kind(grid.kind)?;
-            bad = grid.out_of_range(&g, Some(bad))?;
+            range.record(&g)?;
             x2 = x2.add(&grid, &g)?;
         }
         // 4. Merge the streams and normalise.
-        Ok((self.merge(&x1.v, &x2.v, &bad)?, inputs))
+        Ok((self.merge(&x1.v, &x2.v, &grid.out_of_range(&range)?)?, inputs))
     }
 
     /// Backprop by reconstruction; `head` maps hidden states to logits. With `probe`,
@@ -213,13 +250,14 @@ impl RevQwen3Model {
         // 1. Shared inputs (mask, RoPE tables) once for the forward and every block's
         //    recomputation.
         let (inputs, li) = self.inner.prepare(ids, mask)?;
-        let grid = Grid::new(&self.inner);
+        let grid = Grid::new(&self.inner)?;
 
         // 2. Forward, keeping only the final integer streams. Each branch runs as the
         //    backward will re-run it (`run_branch`); its graph is dropped at once.
         let mut stored: Option<Vec<(Tensor, Tensor)>> = probe.as_ref().map(|_| Vec::new());
         let h = tch::no_grad(|| self.inner.embed(&inputs.ids))?;
-        let mut bad = grid.out_of_range(&h, None)?;
+        let mut range = Range::default();
+        range.record(&h)?;
         let mut y1 = grid.q(&h)?;
         let mut y2 = y1.shallow_clone();
         drop(h);
@@ -227,16 +265,18 @@ impl RevQwen3Model {
             if let Some(s) = stored.as_mut() {
                 s.push((y1.shallow_clone(), y2.shallow_clone()));
             }
-            let f = run_branch(&grid, &y2, &attn(layer, &li))?.0.f_detach()?;
-            bad = grid.out_of_range(&f, Some(bad))?;
+            let f = run_branch(&grid.leaf(&y2)?, &attn(layer, &li))?.f_detach()?;
+            range.record(&f)?;
             y1 = y1.f_add(&grid.q(&f)?)?;
-            let g = run_branch(&grid, &y1, &mlp(layer))?.0.f_detach()?;
-            bad = grid.out_of_range(&g, Some(bad))?;
+            let g = run_branch(&grid.leaf(&y1)?, &mlp(layer))?.f_detach()?;
+            range.record(&g)?;
             y2 = y2.f_add(&grid.q(&g)?)?;
             // Under autocast each branch cached low-precision copies of its weights;
             // drop them so at most one block's copies are alive.
             crate::ffi::autocast_clear_cache();
         }
+        let bad = grid.out_of_range(&range)?;
+        drop(range);
 
         // 3. Head and loss with grad, on leaves holding dq(y1), dq(y2): parameter
         //    gradients of the norm and head accumulate, and the leaves receive dL/dy1,
@@ -257,14 +297,22 @@ impl RevQwen3Model {
 
         // 4. Blocks in reverse. Each re-runs one branch on the exact block input,
         //    subtracts its quantised output in integers (exact), and backpropagates the
-        //    incoming gradient as a vector–Jacobian product (surrogate (out·g).sum()).
-        //    Only one branch's graph is alive at a time.
+        //    incoming gradient as a vector–Jacobian product. Only one branch's graph is
+        //    alive at a time. The peak of the whole step falls in the bottom block's
+        //    attention recomputation (every layer's gradient is allocated by then; RoPE's
+        //    temporaries are the largest transient): there, unless a probe compares them,
+        //    both streams are freed as soon as the branch's input leaf exists, since x1
+        //    and x2 of the bottom block feed nothing below it.
+        let mut streams = Some((y1, y2));
         for (i, layer) in self.inner.layers.iter().enumerate().rev() {
+            let Some((y1, y2)) = streams.take() else { break };
+            let bottom = i == 0 && probe.is_none();
             // 4a. G: y2 = x2 + q(G(y1))  ⇒  x2 = y2 − q(G(y1));  dL/dy1 += J_Gᵀ · dL/dy2.
             // The streams and gradients are updated in place: the stored outputs become the
             // block's inputs without a second copy alive (the final streams are fresh
             // tensors of the forward, aliased by nothing else).
-            let (g_out, y1_leaf) = run_branch(&grid, &y1, &mlp(layer))?;
+            let y1_leaf = grid.leaf(&y1)?;
+            let g_out = run_branch(&y1_leaf, &mlp(layer))?;
             let mut x2 = y2;
             let _ = x2.f_sub_(&grid.q(&g_out)?)?;
             vjp(&g_out, &g2)?;
@@ -272,25 +320,32 @@ impl RevQwen3Model {
             drop((g_out, y1_leaf));
 
             // 4b. F: y1 = x1 + q(F(x2))  ⇒  x1 = y1 − q(F(x2));  dL/dx2 = dL/dy2 + J_Fᵀ · dL/dy1.
-            let (f_out, x2_leaf) = run_branch(&grid, &x2, &attn(layer, &li))?;
-            let mut x1 = y1;
-            let _ = x1.f_sub_(&grid.q(&f_out)?)?;
+            let x2_leaf = grid.leaf(&x2)?;
+            let mut kept = if bottom {
+                drop((y1, x2));
+                None
+            } else {
+                Some((y1, x2))
+            };
+            let f_out = run_branch(&x2_leaf, &attn(layer, &li))?;
+            if let Some((x1, _)) = kept.as_mut() {
+                let _ = x1.f_sub_(&grid.q(&f_out)?)?;
+            }
             vjp(&f_out, &g1)?;
             let _ = g2.f_add_(&grad_or_zeros(&x2_leaf)?)?;
             drop((f_out, x2_leaf));
 
-            if let (Some(report), Some(stored)) = (probe.as_mut(), stored.as_mut()) {
+            if let (Some(report), Some(stored), Some((x1, x2))) = (probe.as_mut(), stored.as_mut(), kept.as_ref()) {
                 let (f1, f2) = stored.pop().ok_or_else(|| Error::Unsupported("probe: no stored block input".into()))?;
-                report.push(LayerReconstruction::compare(i, (&x1, &x2), (&f1, &f2))?);
+                report.push(LayerReconstruction::compare(i, (x1, x2), (&f1, &f2))?);
             }
-            (y1, y2) = (x1, x2);
+            streams = kept;
             crate::ffi::autocast_clear_cache();
         }
 
-        // 5. Both streams started as q(embedding): dL/dh = dL/dx1 + dL/dx2. The streams are
-        //    no longer needed; freeing them first keeps them out of the peak, which falls
-        //    here (the embedding's gradient is the largest).
-        drop((y1, y2));
+        // 5. Both streams started as q(embedding): dL/dh = dL/dx1 + dL/dx2. The streams
+        //    (kept only when probing) are no longer needed.
+        drop(streams);
         let _ = g1.f_add_(&g2)?;
         drop(g2);
         let emb = tch::with_grad(|| self.inner.embed(&inputs.ids))?;
@@ -577,7 +632,7 @@ mod tests {
 
         // The coupling written out from the Qwen3 blocks, with the grid spelled out.
         let scale = 2f64.powi(32);
-        let q = |v: Tensor| (v * scale).round().to_kind(Kind::Int64);
+        let q = |v: Tensor| (v * scale).to_kind(Kind::Int64); // trunc toward zero
         let dq = |n: &Tensor| n.to_kind(Kind::Double) / scale;
         let inner = &m.model.inner;
         let (inputs, li) = inner.prepare(&ids, &mask).unwrap();
