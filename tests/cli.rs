@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
 use shared::broker::Broker;
-use shared::shard::{AgentHeartbeat, Shard, ShardResult, ShardState, unix_now};
+use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardResult, ShardState, unix_now};
 use shared::store::Store;
 
 use crate::procs::{Fleet, bin, data_dir, text};
@@ -447,4 +447,119 @@ async fn status_watch_exits_when_the_run_is_cancelled() {
     assert!(stdout.contains("0/2 finished (cancelled)"), "{stdout}");
     assert!(stdout.contains("eta: — (no shard has finished yet to time the 2 queued)"), "{stdout}");
     assert!(!stdout.contains('\x1b'), "{stdout:?}");
+}
+
+/// Train loss at steps 5 and 10 and dev evaluations at both, per shard of `run`, as an
+/// agent streams them (seed i: loss 0.7 + 0.1 i falling by half, dev accuracy 0.5 + 0.1 i).
+async fn stream_metrics(fleet: &Fleet, run: &str) {
+    let record = fleet.store.get_run(run).await.unwrap().unwrap();
+    for (i, s) in record.shards.iter().enumerate() {
+        let (loss, acc) = (0.7 + 0.1 * i as f64, 0.5 + 0.1 * i as f64);
+        let point = |step: u64, kind: &str, values: &[(&str, f64)]| MetricPoint {
+            step,
+            kind: kind.into(),
+            values: values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            at: unix_now(),
+        };
+        let points = [
+            point(5, "train", &[("loss", loss)]),
+            point(5, "dev", &[("loss", loss), ("accuracy", acc - 0.1)]),
+            point(10, "train", &[("loss", loss / 2.0)]),
+            point(10, "dev", &[("loss", loss / 2.0), ("accuracy", acc)]),
+        ];
+        fleet.store.append_metrics(run, &s.shard, &points).await.unwrap();
+    }
+}
+
+/// `qsched plot` draws a stored run's figures in each format; the tests open each file:
+/// the PNG decoded (size, ink in the plot area), the SVG parsed (size, a polyline of every
+/// curve's points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plot_draws_a_runs_figures_as_png_and_svg() {
+    let fleet = Fleet::new("plot").await;
+    let run = run_with_results(&fleet, 10).await;
+    stream_metrics(&fleet, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("figures");
+    let names = ["loss_qwen3_sst2", "dev_qwen3_sst2", "metric_sst2", "memory_sst2", "wall_sst2"];
+    for format in ["png", "svg"] {
+        let out = fleet.qsched(&["plot", &run, "--out", out_dir.to_str().unwrap(), "--format", format]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("skipped"), "{stderr}");
+        let wanted: Vec<String> =
+            names.iter().map(|n| out_dir.join(format!("{n}.{format}")).display().to_string()).collect();
+        assert_eq!(stdout.lines().collect::<Vec<_>>(), wanted, "the paths written, one a line");
+        for (name, path) in names.iter().zip(&wanted) {
+            let bytes = std::fs::read(path).unwrap();
+            if format == "png" {
+                let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+                let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+                let info = reader.next_frame(&mut rgb).unwrap();
+                assert_eq!((info.width, info.height, info.color_type), (1024, 640, png::ColorType::Rgb), "{name}");
+                let (w, h) = (info.width as usize, info.height as usize);
+                let inked = (h / 5..h * 4 / 5)
+                    .flat_map(|y| (w / 5..w * 4 / 5).map(move |x| (y * w + x) * 3))
+                    .filter(|&i| rgb[i..i + 3] != [255, 255, 255])
+                    .count();
+                assert!(inked > 1000, "{name}: {inked} non-background pixels in the plot area");
+            } else {
+                let text = String::from_utf8(bytes).unwrap();
+                let doc = roxmltree::Document::parse(&text).unwrap();
+                let svg = doc.root_element();
+                assert_eq!((svg.attribute("width"), svg.attribute("height")), (Some("1024"), Some("640")), "{name}");
+                let longest_polyline = doc
+                    .descendants()
+                    .filter(|n| n.has_tag_name("polyline"))
+                    .map(|n| n.attribute("points").unwrap_or("").split_whitespace().count())
+                    .max()
+                    .unwrap_or(0);
+                let bars = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
+                if name.starts_with("loss") || name.starts_with("dev") {
+                    // Every curve has two steps (5 and 10): a line through both.
+                    assert!(longest_polyline >= 2, "{name}: no line of 2 points");
+                    assert!(text.contains("(mean ± 1 std over 2 seed(s))"), "{name}: legend");
+                } else {
+                    assert!(bars >= 2, "{name}: {bars} rect elements");
+                    assert!(text.contains("qwen3 (n=2)"), "{name}: bar label");
+                }
+            }
+        }
+    }
+}
+
+/// Unknown runs and pooled runs with different settings are errors (exit 1); a run with
+/// results but no metric stream still gets its bar figures, the curves skipped on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plot_refuses_unknown_runs_and_mixed_settings_and_skips_missing_curves() {
+    let fleet = Fleet::new("plotbad").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let out = fleet.qsched(&["plot", "no-such-run", "--out", out_dir]);
+    assert_fails(&out, "run 'no-such-run' not found");
+    assert_eq!(out.status.code(), Some(1));
+
+    let short = run_with_results(&fleet, 10).await;
+    let long = run_with_results(&fleet, 400).await;
+    let out = fleet.qsched(&["plot", &short, &long, "--out", out_dir]);
+    assert_fails(&out, "refusing to plot: results of the same model × task ran with different settings");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+
+    let out = fleet.qsched(&["plot", &short, "--out", out_dir, "--format", "svg,png"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "skipped loss_qwen3_sst2: no train or dev loss in the metric streams of qwen3 × sst2 (run {short})"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("skipped dev_qwen3_sst2: no dev accuracy"), "{stderr}");
+    let files: Vec<String> =
+        stdout.lines().map(|l| std::path::Path::new(l).file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        files,
+        ["metric_sst2.svg", "metric_sst2.png", "memory_sst2.svg", "memory_sst2.png", "wall_sst2.svg", "wall_sst2.png"]
+    );
 }

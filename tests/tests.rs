@@ -24,6 +24,9 @@ mod tls;
 // One trace id from submit to the agent's spans.
 mod trace;
 
+// qagent --metrics-listen, scraped by a real Prometheus and queried back.
+mod metrics;
+
 // Hostile messages and service outages: nothing lost, nothing outside the roots touched.
 mod chaos;
 

@@ -87,6 +87,18 @@ pub enum Error {
     /// The shard was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The Prometheus endpoint (`qagent --metrics-listen`) could not listen on its address,
+    /// or stopped serving.
+    #[error("{action} on {address}")]
+    MetricsEndpoint {
+        /// The address it was to listen on.
+        address: std::net::SocketAddr,
+        /// What failed: `cannot listen for metrics`, `stopped serving metrics`.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An error from the shared crate (spec, codec, broker, store).
     #[error(transparent)]
     Shared(#[from] shared::Error),
@@ -124,6 +136,7 @@ impl Error {
             | Error::Placement { .. }
             | Error::Diverged(_)
             | Error::Refused(_)
+            | Error::MetricsEndpoint { .. }
             | Error::Cancelled => false,
         }
     }

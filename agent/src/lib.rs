@@ -8,6 +8,7 @@
 //! - `worker` / `protocol`: the per-shard worker process; `supervisor`: the consume loop.
 //! - `confine`: every filesystem path built from a message, kept under its root.
 //! - `inspect`: `qagent inspect`, checking a Hugging Face checkpoint.
+//! - `exporter`: the Prometheus metrics of `qagent --metrics-listen` and their endpoint.
 //! - `bench`: the `qbench` harness (Qwen3 depth sweep, zeroth-order OPT figure).
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod confine;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod exporter;
 mod ffi;
 pub mod inspect;
 pub mod metrics;

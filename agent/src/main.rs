@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! qagent --device cpu|cuda:N [--amqp URL] [--redis URL] [--data-dir DIR] [--checkpoint-dir DIR]
-//!        [--model-root DIR]…
+//!        [--model-root DIR]… [--metrics-listen ADDR]
 //! qagent inspect --model-dir DIR [--tokens FILE] [--device D]
 //! ```
 
@@ -64,6 +64,10 @@ struct RunArgs {
     /// Exit after this many shards.
     #[arg(long)]
     max_shards: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. `127.0.0.1:9464` (an IP and
+    /// a port; `0.0.0.0:9464` for scrapes from other hosts). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_hours(s: &str) -> Result<Duration, String> {
@@ -145,12 +149,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     }
+    let mut cfg = AgentConfig::new(device, data_dir)?;
+    // Bound before connecting anywhere: a taken port is an error at startup, not after a
+    // shard was taken.
+    let metrics_server = match args.metrics_listen {
+        Some(address) => {
+            Some(agent::exporter::MetricsServer::bind(address, cfg.metrics.clone()).await.context("--metrics-listen")?)
+        }
+        None => None,
+    };
     let mut amqp = args.endpoints.amqp_config(&args.prefix)?;
     amqp.delivery_limit = args.delivery_limit;
     amqp.consumer_timeout = Some(args.consumer_timeout_hours);
     let broker = shared::amqp::AmqpBroker::connect(amqp).await?;
     let store = shared::redis_store::RedisStore::connect_with(args.endpoints.redis_config(&args.prefix)?).await?;
-    let mut cfg = AgentConfig::new(device, data_dir)?;
     cfg.gpu_name = pinned.gpu_name.clone();
     cfg.checkpoint_dir = args.checkpoint_dir;
     for root in &args.model_roots {
@@ -164,9 +176,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.max_shards = args.max_shards;
     cfg.stall_timeout = Duration::from_secs(args.stall_timeout_secs);
     tracing::info!(device = %pinned.describe(), agent = %cfg.agent_id, "qagent starting");
-    let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shutdown_signal()).await?;
+    // The endpoint lives as long as the agent: it stops when `supervisor::run` returns,
+    // whether on a signal, at --max-shards or on an error.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_server.map(|server| tokio::spawn(server.run(stopped(metrics_stopped))));
+    let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shutdown_signal()).await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "the metrics endpoint task ended abnormally"),
+        }
+    }
+    let stats = stats?;
     tracing::info!(?stats, "qagent stopped");
     Ok(())
+}
+
+/// Resolves when `stop` fires or is dropped.
+async fn stopped(stop: tokio::sync::oneshot::Receiver<()>) {
+    let _ = stop.await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

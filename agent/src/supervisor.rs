@@ -36,6 +36,7 @@ use shared::store::{AttemptError, DeadLetterRecord, Progress, Store};
 use shared::{DeviceSpec, wire};
 
 use crate::error::{Error, Result};
+use crate::exporter::AgentMetrics;
 use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEvent, WorkerRequest};
 
 /// First wait before consuming again after the broker connection was lost.
@@ -90,6 +91,8 @@ pub struct AgentConfig {
     pub host: String,
     /// Stop after this many shards (None = run until shutdown).
     pub max_shards: Option<u64>,
+    /// Where the agent records its Prometheus metrics (served by `--metrics-listen`).
+    pub metrics: AgentMetrics,
 }
 
 impl AgentConfig {
@@ -115,6 +118,7 @@ impl AgentConfig {
             agent_id: format!("{host}:{device}:{}", std::process::id()),
             host,
             max_shards: None,
+            metrics: AgentMetrics::new(),
         })
     }
 }
@@ -176,6 +180,7 @@ pub async fn run(
     broker.declare().await?;
     let mut consumer = broker.consume(cfg.device.class(), &cfg.agent_id).await?;
     info!(agent = %cfg.agent_id, device = %cfg.device, queue_class = %cfg.device.class(), "agent consuming");
+    cfg.metrics.agent_started(&cfg.agent_id, &cfg.host, &cfg.device.to_string(), cfg.gpu_name.as_deref());
 
     let heartbeat = tokio::spawn(heartbeat_loop(cfg.clone(), store.clone(), live.clone(), started_at));
     let notices = tokio::spawn(dead_letter_notice_loop(cfg.clone(), broker.clone(), store.clone()));
@@ -268,8 +273,9 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
                 shards_done: l.done,
             }
         };
-        if let Err(e) = store.heartbeat(&beat, cfg.heartbeat_ttl).await {
-            warn!(error = %e, "heartbeat not stored");
+        match store.heartbeat(&beat, cfg.heartbeat_ttl).await {
+            Ok(()) => cfg.metrics.heartbeat_stored(),
+            Err(e) => warn!(error = %e, "heartbeat not stored"),
         }
     }
 }
@@ -526,6 +532,7 @@ async fn process_shard(
         l.total_steps = Some(u64::from(shard.train.max_steps));
         l.progress_at = Some(unix_now());
     }
+    cfg.metrics.shard_started(&shard, attempt);
     let last_attempt = delivery.delivery_count + 1 >= cfg.delivery_limit;
     let request = WorkerRequest {
         protocol_version: PROTOCOL_VERSION,
@@ -539,6 +546,7 @@ async fn process_shard(
         attempt,
     };
     let ended = run_worker(cfg, store, live, &request, shutdown).await;
+    cfg.metrics.worker_ended();
     {
         let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
         l.current = None;
@@ -550,6 +558,7 @@ async fn process_shard(
         WorkerEnd::Finished(outcome) => {
             let result = success_result(cfg, &shard, attempt, *outcome, started_at, traceparent);
             stored!("store the result", shutdown, delivery, store_result(store, &result));
+            cfg.metrics.shard_succeeded(&shard, result.peak_memory_bytes, &result.peak_memory_kind);
             // The result is durable: the checkpoints are not needed any more, whether or
             // not the ack below reaches the broker (a redelivery finds the result).
             remove_checkpoints(checkpoints.as_ref());
@@ -563,6 +572,7 @@ async fn process_shard(
             let failed = AttemptError { attempt, agent: cfg.agent_id.clone(), error: message, at: unix_now() };
             stored!("record the attempt's error", shutdown, delivery, store.record_attempt_error(&run, &id, &failed));
             stored!("mark the shard queued", shutdown, delivery, store.set_state(&run, &id, ShardState::Queued));
+            cfg.metrics.shard_retried(&shard);
             delivery.reject(true).await?;
             stats.requeued += 1;
             Flow::Continue
@@ -576,6 +586,7 @@ async fn process_shard(
             error!(error = %message, "shard failed");
             let result = failure_result(cfg, &shard, attempt, ShardState::Failed, &message, started_at, traceparent);
             stored!("store the result", shutdown, delivery, store_result(store, &result));
+            cfg.metrics.shard_failed(&shard);
             delivery.ack().await?;
             stats.finished += 1;
             Flow::Continue
@@ -676,6 +687,9 @@ async fn run_worker(
         Ok(c) => c,
         Err(e) => return WorkerEnd::Failed { message: e.to_string(), retryable: e.is_retryable() },
     };
+    if let Some(pid) = child.id() {
+        cfg.metrics.worker_spawned(pid);
+    }
     // The request goes in; stdin then stays open: its closing tells the worker we died.
     let mut stdin = child.stdin.take();
     let frame = match shared::wire::encode(request) {
@@ -802,6 +816,7 @@ async fn relay_metrics(
         warn!(error = %e, "metrics not stored");
     }
     if kind == "train" {
+        cfg.metrics.train_point(step, point.at, &point.values);
         let progress = Progress { step, total_steps, agent: cfg.agent_id.clone(), loss, at: point.at };
         if let Err(e) = store.set_progress(&shard.run_id, &shard.shard_id, &progress).await {
             warn!(error = %e, "progress not stored");

@@ -733,14 +733,17 @@ pub fn scales(format: Format) -> Result<String> {
     }
 }
 
-/// `qsched compare`: each model against a baseline model, per task, within the runs given.
-pub async fn compare(
+/// The results of `runs` pooled for one summary per model × task, as `compare` and `plot`
+/// read them, with the runs described for messages ("run r1", "runs r1, r2"). Every run
+/// must exist and at least one must have results; a `metric` must be one the results
+/// report; runs in which the same model × task ran with different settings are refused
+/// (`verb` names the command in that message) rather than averaged together.
+pub async fn pooled_results(
     store: &dyn Store,
     runs: &[String],
-    baseline: Option<ModelId>,
     metric: Option<&str>,
-    format: Format,
-) -> Result<String> {
+    verb: &str,
+) -> Result<(Vec<ShardResult>, String)> {
     let mut all = Vec::new();
     for r in runs {
         get_run(store, r).await?;
@@ -755,8 +758,20 @@ pub async fn compare(
     }
     let conflicts = render::settings_conflicts(&all);
     if !conflicts.is_empty() {
-        bail!("{}", conflicts_message(&conflicts));
+        bail!("{}", conflicts_message(&conflicts, verb));
     }
+    Ok((all, described))
+}
+
+/// `qsched compare`: each model against a baseline model, per task, within the runs given.
+pub async fn compare(
+    store: &dyn Store,
+    runs: &[String],
+    baseline: Option<ModelId>,
+    metric: Option<&str>,
+    format: Format,
+) -> Result<String> {
+    let (all, described) = pooled_results(store, runs, metric, "compare").await?;
     let with_results = render::models_with_results(&all);
     let baseline = match baseline {
         Some(b) if with_results.contains(&b) => Some(b),
@@ -863,12 +878,13 @@ pub async fn compare(
     }
 }
 
-/// Why `compare` refuses to pool results: per model × task, what differs between which runs.
-fn conflicts_message(conflicts: &[render::SettingsConflict]) -> String {
+/// Why `compare` or `plot` (the `verb`) refuses to pool results: per model × task, what
+/// differs between which runs.
+fn conflicts_message(conflicts: &[render::SettingsConflict], verb: &str) -> String {
     const SHOWN: usize = 4;
-    let mut out = String::from(
-        "refusing to compare: results of the same model × task ran with different settings, and one mean \
-         over them would mix those settings:",
+    let mut out = format!(
+        "refusing to {verb}: results of the same model × task ran with different settings, and one mean \
+         over them would mix those settings:"
     );
     for c in conflicts {
         let diffs: Vec<String> = c
@@ -885,7 +901,7 @@ fn conflicts_message(conflicts: &[render::SettingsConflict]) -> String {
             out.push_str(&format!(" (and {more} more setting(s))"));
         }
     }
-    out.push_str("\ncompare runs that share these settings, or read each run with `qsched results RUN`");
+    out.push_str(&format!("\n{verb} runs that share these settings, or read each run with `qsched results RUN`"));
     out
 }
 

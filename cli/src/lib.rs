@@ -9,4 +9,5 @@ pub mod commands;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod live;
+pub mod plot;
 pub mod render;

@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::commands::{self, SpecFlags};
+use cli::plot::{self, ImageFormat};
 use cli::render::Format;
 use shared::amqp::AmqpBroker;
 use shared::endpoints::Endpoints;
@@ -70,6 +71,37 @@ enum Command {
         metric: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Draw figures of one or more runs as PNG or SVG files: loss and dev-metric curves per
+    /// model × task (mean over seeds, ± 1 std band), and per task the test metric, peak
+    /// memory and wall time per model (mean, 95 % CI whiskers). Prints the files written;
+    /// figures without data are skipped with a note on stderr.
+    Plot {
+        /// Run ids (pooled as `compare` pools them).
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Directory the files go to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// File formats, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "svg")]
+        format: Vec<ImageFormat>,
+        /// Plot this metric instead of each task's primary one.
+        #[arg(long)]
+        metric: Option<String>,
+    },
+    /// Draw the curve figures of JSON curve files (such as docs/figures/*.json, the
+    /// BENCHMARKS.md figures); needs no broker or Redis. Prints the files written.
+    PlotJson {
+        /// Curve files (format: `cli/src/plot/curves.rs`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Directory the files go to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// File formats, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "svg")]
+        format: Vec<ImageFormat>,
     },
     /// Live agents: device, current shard, last heartbeat.
     Agents {
@@ -257,6 +289,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", commands::compare(&store, &runs, baseline, metric.as_deref(), format).await?);
             Ok(())
         }
+        Command::Plot { runs, out, format, metric } => {
+            let store = store(&conn).await?;
+            report_plotted(plot::plot_runs(&store, &runs, metric.as_deref(), &out, &format).await?);
+            Ok(())
+        }
+        Command::PlotJson { files, out, format } => {
+            report_plotted(plot::plot_json(&files, &out, &format)?);
+            Ok(())
+        }
         Command::Agents { format } => {
             let store = store(&conn).await?;
             print!("{}", commands::agents(&store, format).await?);
@@ -297,6 +338,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Worker | Command::Completions { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// The files a plot command wrote, one path a line on stdout; what it skipped on stderr.
+fn report_plotted(plotted: plot::Plotted) {
+    for line in &plotted.skipped {
+        eprintln!("skipped {line}");
+    }
+    for path in &plotted.written {
+        println!("{}", path.display());
     }
 }
 
@@ -510,6 +561,25 @@ mod tests {
         assert!(cli.is_err(), "--require-agents with --local");
         let cli = Cli::try_parse_from(["qsched", "scales", "--format", "csv"]).unwrap();
         assert!(matches!(cli.command, Command::Scales { format: Format::Csv }));
+    }
+
+    #[test]
+    fn plot_takes_runs_an_output_directory_and_formats() {
+        let cli = Cli::try_parse_from(["qsched", "plot", "r1", "r2", "--out", "figs", "--format", "png,svg"]).unwrap();
+        let Command::Plot { runs, out, format, metric } = cli.command else { panic!() };
+        assert_eq!((runs, out, metric), (vec!["r1".to_owned(), "r2".to_owned()], PathBuf::from("figs"), None));
+        assert_eq!(format, [ImageFormat::Png, ImageFormat::Svg]);
+        let Command::Plot { format, .. } = Cli::try_parse_from(["qsched", "plot", "r1", "--out", "d"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(format, [ImageFormat::Svg]);
+        assert!(Cli::try_parse_from(["qsched", "plot", "--out", "d"]).is_err(), "a run is required");
+        assert!(Cli::try_parse_from(["qsched", "plot", "r1"]).is_err(), "--out is required");
+        assert!(Cli::try_parse_from(["qsched", "plot", "r1", "--out", "d", "--format", "jpg"]).is_err());
+        let cli = Cli::try_parse_from(["qsched", "plot-json", "a.json", "--out", "d", "--format", "png"]).unwrap();
+        assert!(matches!(cli.command, Command::PlotJson { files, format, .. }
+            if files == [PathBuf::from("a.json")] && format == [ImageFormat::Png]));
     }
 
     #[test]
