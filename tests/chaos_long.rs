@@ -454,7 +454,12 @@ async fn long_suite() {
         }
         args.extend(["--threads", "1", "--format", "json", "--data-dir"].map(str::to_owned));
         args.push(data_dir().display().to_string());
-        let out = Command::new(bin("qsched")).args(&args).env("RUST_LOG", "error").output().unwrap();
+        let out = Command::new(bin("qsched"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .env("QSCHED_LOCAL_STORE", root.path().join("local.redb"))
+            .output()
+            .unwrap();
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         let local: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -113,18 +113,23 @@ fn agent_refuses_devices_it_cannot_use() {
 
 #[test]
 fn local_mode_without_a_cuda_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("local.redb");
     let out = std::process::Command::new(bin("qsched"))
         .args(["submit", "--local", "--devices", "cuda:0", "--models", "qwen3", "--data-dir"])
         .arg(data_dir())
+        .env("QSCHED_LOCAL_STORE", &store)
         .output()
         .unwrap();
     assert_fails(&out, "need a cpu device but --devices lists only cuda:0");
     let out = std::process::Command::new(bin("qsched"))
         .args(["submit", "--local", "--device-class", "cuda", "--devices", "cuda:0", "--models", "qwen3", "--data-dir"])
         .arg(data_dir())
+        .env("QSCHED_LOCAL_STORE", &store)
         .output()
         .unwrap();
     assert_fails(&out, "cuda:0 requested but this host has no CUDA device");
+    assert!(!store.exists(), "a refused local run records nothing");
 }
 
 /// `submit --local` exits as `--wait` does: 3 when a shard failed (here at once: its
@@ -144,6 +149,7 @@ fn local_mode_exits_3_when_a_shard_fails() {
         .arg("--data-dir")
         .arg(data_dir())
         .env("RUST_LOG", "error")
+        .env("QSCHED_LOCAL_STORE", dir.path().join("local.redb"))
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -153,6 +159,115 @@ fn local_mode_exits_3_when_a_shard_fails() {
     assert!(run.starts_with("r-"), "{stdout}");
     let line = format!("qsched: run {run}: 1 of 1 shard(s) did not succeed (1 failed); exit status 3");
     assert!(stderr.contains(&line), "{stderr}");
+}
+
+/// `submit --local` keeps its run in the embedded store: `results`, `status`, `compare`,
+/// `plot` and `runs` read it back with `--local` while Redis and RabbitMQ are unreachable
+/// (port 1), and without `--local` nothing falls back to the file.
+#[test]
+fn a_local_run_is_kept_and_read_back_with_no_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("x.redb");
+    let store_arg = store.to_str().unwrap();
+    let data = data_dir();
+    let qsched = |args: &[&str], env: &[(&str, &std::path::Path)]| {
+        let mut cmd = Command::new(bin("qsched"));
+        cmd.args(["--redis", "redis://127.0.0.1:1", "--amqp", "amqp://guest:guest@127.0.0.1:1/%2f"]).args(args);
+        cmd.env("RUST_LOG", "error").env_remove("QSCHED_LOCAL_STORE").env_remove("XDG_DATA_HOME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = qsched(
+        &[
+            "submit",
+            "--local",
+            "--local-store",
+            store_arg,
+            "--models",
+            "qwen3",
+            "--tasks",
+            "sst2",
+            "--seeds",
+            "1,2",
+            "--set",
+            "first_order.max_steps=3",
+            "--set",
+            "first_order.eval_every=3",
+            "--threads",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run = stdout.lines().last().unwrap().to_owned();
+    assert!(run.starts_with("r-"), "{stdout}");
+    assert!(stderr.contains(&format!("`qsched results {run} --local --local-store {store_arg}`")), "{stderr}");
+
+    // The table and the JSON of the run, from the file.
+    let local = ["--local", "--local-store", store_arg];
+    let read = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(local);
+        let out = qsched(&all, &[]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let table = read(&["results", &run]);
+    let row = table.lines().find(|l| l.contains("qwen3") && l.contains("sst2")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("accuracy") && row.contains("┆ 2 ┆ 0 "), "two seeds, none failed: {table}");
+    let json: serde_json::Value = serde_json::from_str(&read(&["results", &run, "--format", "json"])).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert!(rows.iter().all(|r| r["run"] == run.as_str() && r["status"] == "succeeded" && r["steps"] == 3), "{json}");
+    let status = read(&["status", &run]);
+    assert!(status.contains("2/2 finished") && status.contains("states: succeeded 2"), "{status}");
+    assert!(read(&["compare", &run]).contains("sst2"));
+    assert!(read(&["runs"]).contains(&run));
+    let figures = dir.path().join("figs");
+    let plotted = read(&["plot", &run, "--out", figures.to_str().unwrap()]);
+    assert!(plotted.contains("loss_qwen3_sst2.svg") && plotted.contains("metric_sst2.svg"), "{plotted}");
+    assert!(figures.join("loss_qwen3_sst2.svg").is_file(), "the metric streams were kept too");
+
+    // The file is found through the environment and the XDG / home defaults as well.
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("qsched")).unwrap();
+    std::fs::copy(&store, xdg.join("qsched/local.redb")).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".local/share/qsched")).unwrap();
+    std::fs::copy(&store, home.join(".local/share/qsched/local.redb")).unwrap();
+    for env in [&[("QSCHED_LOCAL_STORE", store.as_path())][..], &[("XDG_DATA_HOME", &xdg)], &[("HOME", &home)]] {
+        let out = qsched(&["results", &run, "--local"], env);
+        assert!(out.status.success(), "{env:?}: {}", text(&out).1);
+        assert!(text(&out).0.contains("qwen3"), "{env:?}");
+    }
+
+    // Explicit choice: without --local the read goes to (unreachable) Redis and fails.
+    let out = qsched(&["results", &run], &[("QSCHED_LOCAL_STORE", store.as_path())]);
+    assert_fails(&out, "127.0.0.1:1");
+    assert_fails(&out, "a run of `qsched submit --local` is read with --local");
+    // A run the file does not have, a file that is not there, no home to default to.
+    assert_fails(
+        &qsched(&["results", "r-nope", "--local", "--local-store", store_arg], &[]),
+        "not found in the local store",
+    );
+    let missing = dir.path().join("none.redb");
+    assert_fails(
+        &qsched(&["status", &run, "--local", "--local-store", missing.to_str().unwrap()], &[]),
+        "none.redb: no such file",
+    );
+    assert!(!missing.exists(), "reading never creates a store");
+    let mut cmd = Command::new(bin("qsched"));
+    cmd.args(["results", &run, "--local"]).env_remove("QSCHED_LOCAL_STORE").env_remove("XDG_DATA_HOME");
+    assert_fails(&cmd.env_remove("HOME").output().unwrap(), "pass --local-store FILE");
+    // Commands that need the broker say so.
+    assert_fails(&qsched(&["cancel", &run, "--local"], &[]), "`qsched cancel` needs a fleet");
+    assert_fails(&qsched(&["retry", &run, "--local"], &[]), "`qsched retry` needs a fleet");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,10 +52,12 @@ pub fn data_dir() -> PathBuf {
 }
 
 /// Broker and store under one prefix, as `qagent --prefix` uses it; both cleaned up on drop.
+/// A `qsched submit --local` of the fleet keeps its run in a store file of its own.
 pub struct Fleet {
     pub prefix: String,
     pub broker: TestBroker,
     pub store: TestStore,
+    pub local_store: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -65,7 +67,7 @@ impl Fleet {
         let broker = TestBroker::with(name, move |c| c.prefix = p).await;
         let config = RedisConfig::new(redis_url()).with_prefix(prefix.clone());
         let store = RedisStore::connect_with(config.clone()).await.expect("connect to Redis");
-        Fleet { prefix, broker, store: TestStore { store, config } }
+        Fleet { prefix, broker, store: TestStore { store, config }, local_store: tempfile::tempdir().unwrap() }
     }
 
     /// A fleet on `broker` (made with its own settings under `prefix`) and the test Redis.
@@ -73,7 +75,12 @@ impl Fleet {
         assert_eq!(broker.config.prefix, prefix, "broker and store share the prefix");
         let config = RedisConfig::new(redis_url()).with_prefix(prefix.to_owned());
         let store = RedisStore::connect_with(config.clone()).await.expect("connect to Redis");
-        Fleet { prefix: prefix.to_owned(), broker, store: TestStore { store, config } }
+        Fleet {
+            prefix: prefix.to_owned(),
+            broker,
+            store: TestStore { store, config },
+            local_store: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn broker(&self) -> &AmqpBroker {
@@ -86,6 +93,7 @@ impl Fleet {
             .env("QSCHED_REDIS_URL", redis_url())
             .env("QSCHED_PREFIX", &self.prefix)
             .env("QSCHED_DATA_DIR", data_dir())
+            .env("QSCHED_LOCAL_STORE", self.local_store.path().join("local.redb"))
             // Child processes log to the test's terminal; keep it to warnings unless asked.
             .env("RUST_LOG", std::env::var("QSCHED_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");

@@ -1,5 +1,7 @@
 //! Embedded mode (`qsched submit --local`): the scheduler and one agent per local device
-//! in this process, over the in-process broker and store.
+//! in this process, over the in-process broker and the embedded on-disk store
+//! ([`LocalStore`]), which keeps the run: `qsched results|status|compare|plot RUN --local`
+//! read it back afterwards.
 //!
 //! It runs exactly the code a fleet runs — `scheduler::submit`, `agent::supervisor::run`
 //! with a worker process per shard — only the `Broker` and `Store` implementations
@@ -17,9 +19,10 @@ use tokio::sync::watch;
 
 use agent::supervisor::{self, AgentConfig};
 use shared::broker::MemoryBroker;
+use shared::local_store::LocalStore;
 use shared::shard::{ShardResult, ShardState};
 use shared::spec::BenchmarkSpec;
-use shared::store::{MemoryStore, Store};
+use shared::store::Store;
 use shared::{DeviceClass, DeviceSpec};
 
 /// How the local agents run.
@@ -35,13 +38,16 @@ pub struct LocalOptions {
     pub threads: Option<u32>,
     /// Program and arguments that start a worker.
     pub worker_command: Vec<OsString>,
+    /// The embedded store file the run is recorded in (created if missing).
+    pub store: PathBuf,
 }
 
 /// What a local run left: its id, its results, and its shards counted by final state
 /// (a dead-lettered shard has a state but no result).
 pub type LocalRun = (shared::RunId, Vec<ShardResult>, BTreeMap<ShardState, usize>);
 
-/// Runs `spec` to completion locally and returns the run id, its results and its counts.
+/// Runs `spec` to completion locally, recording it in the store file of `opts`, and
+/// returns the run id, its results and its counts.
 pub async fn run_local(
     spec: &BenchmarkSpec,
     opts: LocalOptions,
@@ -69,8 +75,10 @@ pub async fn run_local(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let threads = opts.threads.unwrap_or((cores / cpu_agents).max(1));
 
+    // Opened (and locked) once the devices are known to work and before anything is
+    // queued: a file another `qsched` holds fails here, with nothing recorded.
+    let store: Arc<dyn Store> = Arc::new(LocalStore::create(&opts.store)?);
     let broker = Arc::new(MemoryBroker::default());
-    let store = Arc::new(MemoryStore::new());
     let run_id = scheduler::new_run_id();
     scheduler::submit(spec, &run_id, broker.as_ref(), store.as_ref()).await?;
     eprintln!(

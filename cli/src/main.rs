@@ -1,6 +1,6 @@
 //! `qsched`: submit benchmark runs to the fleet and read them back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use cli::plot::{self, ImageFormat};
 use cli::render::Format;
 use shared::amqp::AmqpBroker;
 use shared::endpoints::Endpoints;
+use shared::local_store::LocalStore;
 use shared::redis_store::RedisStore;
+use shared::store::Store;
 use shared::{DeviceSpec, ModelId};
 
 #[derive(Parser, Debug)]
@@ -34,6 +36,29 @@ struct Conn {
     prefix: String,
 }
 
+/// Which store a command reads: Redis (the fleet's), or with `--local` the embedded one
+/// that `submit --local` keeps its runs in. Chosen explicitly: nothing falls back from
+/// one to the other.
+#[derive(Args, Debug, Clone, Default)]
+struct StoreChoice {
+    /// Read the runs `qsched submit --local` kept on this machine (its embedded store)
+    /// instead of Redis; no broker or Redis is contacted.
+    #[arg(long)]
+    local: bool,
+    /// The embedded store file (with --local). Default: $QSCHED_LOCAL_STORE, else
+    /// $XDG_DATA_HOME/qsched/local.redb, else ~/.local/share/qsched/local.redb.
+    #[arg(long, value_name = "FILE", requires = "local")]
+    local_store: Option<PathBuf>,
+}
+
+/// `--local` on a command only a fleet can serve: accepted, unlisted, so that the answer
+/// says why rather than clap's "unexpected argument".
+#[derive(Args, Debug, Clone, Default)]
+struct FleetOnly {
+    #[arg(long, hide = true)]
+    local: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Expand a benchmark into shards and publish them (or run them here with --local).
@@ -47,6 +72,8 @@ enum Command {
         /// redrawn in place on a terminal, appended blocks otherwise.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
+        #[command(flatten)]
+        from: StoreChoice,
     },
     /// Results of a run: mean ± std over seeds per model × task (JSON: one object per shard).
     Results {
@@ -57,6 +84,8 @@ enum Command {
         /// Summarise this metric instead of each task's primary one (e.g. accuracy).
         #[arg(long)]
         metric: Option<String>,
+        #[command(flatten)]
+        from: StoreChoice,
     },
     /// Compare models against a baseline model, per task, over one or more runs.
     Compare {
@@ -71,6 +100,8 @@ enum Command {
         metric: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        #[command(flatten)]
+        from: StoreChoice,
     },
     /// Draw figures of one or more runs as PNG or SVG files: loss and dev-metric curves per
     /// model × task (mean over seeds, ± 1 std band), and per task the test metric, peak
@@ -89,6 +120,8 @@ enum Command {
         /// Plot this metric instead of each task's primary one.
         #[arg(long)]
         metric: Option<String>,
+        #[command(flatten)]
+        from: StoreChoice,
     },
     /// Draw the curve figures of JSON curve files (such as docs/figures/*.json, the
     /// BENCHMARKS.md figures); needs no broker or Redis. Prints the files written.
@@ -107,17 +140,23 @@ enum Command {
     Agents {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        #[command(flatten)]
+        from: FleetOnly,
     },
     /// Recent runs.
     Runs {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(flatten)]
+        from: StoreChoice,
     },
     /// Cancel a run: queued shards are skipped, running shards are stopped.
     Cancel {
         /// Run id.
         run: String,
+        #[command(flatten)]
+        from: FleetOnly,
     },
     /// Publish a run's failed, dead-lettered and cancelled shards again.
     Retry {
@@ -126,11 +165,15 @@ enum Command {
         /// Only failed and dead-lettered shards (not cancelled ones).
         #[arg(long)]
         failed_only: bool,
+        #[command(flatten)]
+        from: FleetOnly,
     },
     /// Messages in the dead-letter queue and the reasons agents gave.
     DeadLetters {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        from: FleetOnly,
     },
     /// The scale presets.
     Scales {
@@ -175,9 +218,14 @@ struct SubmitArgs {
     /// Data directory holding glue/ and tokenizers/ (checked before anything is queued).
     #[arg(long, env = "QSCHED_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Run here with an in-process broker and store instead of RabbitMQ and Redis.
+    /// Run here instead of on the fleet: an in-process broker, and the embedded store
+    /// (see --local-store) instead of Redis, which keeps the run for `results RUN --local`.
     #[arg(long)]
     local: bool,
+    /// The embedded store file (with --local). Default: $QSCHED_LOCAL_STORE, else
+    /// $XDG_DATA_HOME/qsched/local.redb, else ~/.local/share/qsched/local.redb.
+    #[arg(long, value_name = "FILE", requires = "local")]
+    local_store: Option<PathBuf>,
     /// Local devices, one agent each (with --local), e.g. cpu or cpu,cuda:0.
     #[arg(long, default_value = "cpu", value_delimiter = ',')]
     devices: Vec<DeviceSpec>,
@@ -261,61 +309,122 @@ async fn store(conn: &Conn) -> Result<RedisStore> {
     Ok(RedisStore::connect_with(conn.endpoints.redis_config(&conn.prefix)?).await?)
 }
 
+/// The embedded store file: `--local-store`, else the environment's or the default one.
+fn local_store_path(flag: Option<&Path>) -> Result<PathBuf> {
+    Ok(shared::local_store::store_path(flag, |name| std::env::var_os(name))?)
+}
+
+/// The store a read command reads: Redis, or with `--local` the embedded store (which
+/// must exist already: reading never creates one). Never one for the other: a Redis that
+/// cannot be reached is an error, with a hint for runs of `submit --local`.
+async fn read_store(conn: &Conn, from: &StoreChoice) -> Result<Box<dyn Store>> {
+    if from.local {
+        return Ok(Box::new(LocalStore::open(&local_store_path(from.local_store.as_deref())?)?));
+    }
+    match store(conn).await {
+        Ok(store) => Ok(Box::new(store)),
+        Err(e) => Err(e.context("cannot read Redis (a run of `qsched submit --local` is read with --local)")),
+    }
+}
+
+/// Every run asked for must be in the store read; the error says where it looked ("run
+/// 'x' not found" alone would not).
+async fn check_runs(store: &dyn Store, conn: &Conn, from: &StoreChoice, runs: &[String]) -> Result<()> {
+    for run in runs {
+        if store.get_run(run).await?.is_some() {
+            continue;
+        }
+        if from.local {
+            let path = local_store_path(from.local_store.as_deref())?;
+            bail!(
+                "run '{run}' not found in the local store {} (`qsched runs --local` lists the runs in it)",
+                path.display()
+            );
+        }
+        bail!(
+            "run '{run}' not found in Redis under prefix '{}' (a run of `qsched submit --local` is read with --local)",
+            conn.prefix
+        );
+    }
+    Ok(())
+}
+
+/// Refuses `--local` on a command that only a fleet can serve.
+fn fleet_only(from: &FleetOnly, command: &str, why: &str) -> Result<()> {
+    if from.local {
+        bail!("`qsched {command}` needs a fleet (RabbitMQ and Redis); it has no --local form: {why}");
+    }
+    Ok(())
+}
+
 async fn dispatch(cli: Cli) -> Result<()> {
     let conn = cli.conn;
     match cli.command {
         Command::Submit(args) => submit(&conn, *args).await,
-        Command::Status { run, watch } => {
-            let store = store(&conn).await?;
-            let broker = broker(&conn).await.ok();
+        Command::Status { run, watch, from } => {
+            let store = read_store(&conn, &from).await?;
+            check_runs(store.as_ref(), &conn, &from, std::slice::from_ref(&run)).await?;
+            // A local run has no broker: its queue lived and died in its own process.
+            let broker = if from.local { None } else { broker(&conn).await.ok() };
             let broker = broker.as_ref().map(|b| b as &dyn shared::broker::Broker);
             let Some(secs) = watch else {
-                print!("{}", commands::status(&store, broker, &run).await?);
+                print!("{}", commands::status(store.as_ref(), broker, &run).await?);
                 return Ok(());
             };
-            watch_status(&store, broker, &run, Duration::from_secs(secs.max(1))).await
+            watch_status(store.as_ref(), broker, &run, Duration::from_secs(secs.max(1))).await
         }
-        Command::Results { run, format, metric } => {
-            let store = store(&conn).await?;
-            let (text, results, record) = commands::results(&store, &run, format, metric.as_deref()).await?;
+        Command::Results { run, format, metric, from } => {
+            let store = read_store(&conn, &from).await?;
+            check_runs(store.as_ref(), &conn, &from, std::slice::from_ref(&run)).await?;
+            let (text, results, record) = commands::results(store.as_ref(), &run, format, metric.as_deref()).await?;
             println!("{text}");
             if format != Format::Json && results.len() < record.shard_count as usize {
                 eprintln!("{} of {} shards have results so far", results.len(), record.shard_count);
             }
             Ok(())
         }
-        Command::Compare { runs, baseline, metric, format } => {
-            let store = store(&conn).await?;
-            print!("{}", commands::compare(&store, &runs, baseline, metric.as_deref(), format).await?);
+        Command::Compare { runs, baseline, metric, format, from } => {
+            let store = read_store(&conn, &from).await?;
+            check_runs(store.as_ref(), &conn, &from, &runs).await?;
+            print!("{}", commands::compare(store.as_ref(), &runs, baseline, metric.as_deref(), format).await?);
             Ok(())
         }
-        Command::Plot { runs, out, format, metric } => {
-            let store = store(&conn).await?;
-            report_plotted(plot::plot_runs(&store, &runs, metric.as_deref(), &out, &format).await?);
+        Command::Plot { runs, out, format, metric, from } => {
+            let store = read_store(&conn, &from).await?;
+            check_runs(store.as_ref(), &conn, &from, &runs).await?;
+            report_plotted(plot::plot_runs(store.as_ref(), &runs, metric.as_deref(), &out, &format).await?);
             Ok(())
         }
         Command::PlotJson { files, out, format } => {
             report_plotted(plot::plot_json(&files, &out, &format)?);
             Ok(())
         }
-        Command::Agents { format } => {
+        Command::Agents { format, from } => {
+            fleet_only(
+                &from,
+                "agents",
+                "the agents of `submit --local` live inside that process and stop with it; \
+                 `qsched status RUN --local` shows which agent ran each shard",
+            )?;
             let store = store(&conn).await?;
             print!("{}", commands::agents(&store, format).await?);
             Ok(())
         }
-        Command::Runs { limit } => {
-            let store = store(&conn).await?;
-            print!("{}", commands::runs(&store, limit).await?);
+        Command::Runs { limit, from } => {
+            let store = read_store(&conn, &from).await?;
+            print!("{}", commands::runs(store.as_ref(), limit).await?);
             Ok(())
         }
-        Command::Cancel { run } => {
+        Command::Cancel { run, from } => {
+            fleet_only(&from, "cancel", "a local run is stopped by interrupting its `submit --local` (Ctrl-C)")?;
             let store = store(&conn).await?;
             let counts = scheduler::cancel(&run, &store).await?;
             let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
             println!("run {run} cancelled ({})", parts.join(", "));
             Ok(())
         }
-        Command::Retry { run, failed_only } => {
+        Command::Retry { run, failed_only, from } => {
+            fleet_only(&from, "retry", "run the spec again with `submit --local` (same spec, same shard ids)")?;
             let store = store(&conn).await?;
             let broker = broker(&conn).await?;
             let selection = if failed_only {
@@ -327,7 +436,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("run {run}: {} shard(s) published again", ids.len());
             Ok(())
         }
-        Command::DeadLetters { limit } => {
+        Command::DeadLetters { limit, from } => {
+            fleet_only(
+                &from,
+                "dead-letters",
+                "a local run's broker lives in its own process; its dead-lettered shards show in \
+                 `qsched status RUN --local` and `results RUN --local`",
+            )?;
             let store = store(&conn).await?;
             let broker = broker(&conn).await?;
             print!("{}", commands::dead_letters(&store, &broker, limit).await?);
@@ -354,7 +469,7 @@ fn report_plotted(plotted: plot::Plotted) {
 /// `qsched status RUN --watch`: a block every `every` until the run finishes or is
 /// cancelled, then the final block and why the watch stopped (exit status 0).
 async fn watch_status(
-    store: &RedisStore,
+    store: &dyn Store,
     broker: Option<&dyn shared::broker::Broker>,
     run: &str,
     every: Duration,
@@ -494,12 +609,14 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
         args.data_dir.clone().context("--local needs a data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
     spec.check_data(&data_dir)?;
     let exe = agent::supervisor::self_exe()?;
+    let store = local_store_path(args.local_store.as_deref())?;
     let opts = cli::embedded::LocalOptions {
         devices: args.devices.clone(),
         data_dir,
         checkpoint_dir: args.checkpoint_dir.clone(),
         threads: args.threads,
         worker_command: vec![exe.into_os_string(), "worker".into()],
+        store: store.clone(),
     };
     let total = spec.models.len() * spec.tasks.len() * spec.seeds.len();
     let bar = progress_bar(total, args.quiet);
@@ -510,6 +627,14 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
     .await?;
     bar.finish_and_clear();
     println!("{}", render::render_results(&results, args.format));
+    if !args.quiet {
+        let from =
+            if args.local_store.is_some() { format!(" --local-store {}", store.display()) } else { String::new() };
+        eprintln!(
+            "run {run_id} is kept in {}: `qsched results {run_id} --local{from}` shows it again",
+            store.display()
+        );
+    }
     if args.format != Format::Json {
         println!("{run_id}");
     } else {
@@ -566,7 +691,7 @@ mod tests {
     #[test]
     fn plot_takes_runs_an_output_directory_and_formats() {
         let cli = Cli::try_parse_from(["qsched", "plot", "r1", "r2", "--out", "figs", "--format", "png,svg"]).unwrap();
-        let Command::Plot { runs, out, format, metric } = cli.command else { panic!() };
+        let Command::Plot { runs, out, format, metric, .. } = cli.command else { panic!() };
         assert_eq!((runs, out, metric), (vec!["r1".to_owned(), "r2".to_owned()], PathBuf::from("figs"), None));
         assert_eq!(format, [ImageFormat::Png, ImageFormat::Svg]);
         let Command::Plot { format, .. } = Cli::try_parse_from(["qsched", "plot", "r1", "--out", "d"]).unwrap().command
@@ -580,6 +705,39 @@ mod tests {
         let cli = Cli::try_parse_from(["qsched", "plot-json", "a.json", "--out", "d", "--format", "png"]).unwrap();
         assert!(matches!(cli.command, Command::PlotJson { files, format, .. }
             if files == [PathBuf::from("a.json")] && format == [ImageFormat::Png]));
+    }
+
+    /// `--local` picks the embedded store on the read commands; `--local-store` only
+    /// names its file, so it needs `--local` (the environment variable does not).
+    #[test]
+    fn read_commands_take_local_and_a_store_file() {
+        for command in [&["results", "r-1"][..], &["status", "r-1"], &["compare", "r-1", "r-2"], &["runs"]] {
+            let parse = |extra: &[&str]| Cli::try_parse_from(["qsched"].iter().chain(command).chain(extra));
+            assert!(parse(&["--local"]).is_ok(), "{command:?}");
+            assert!(parse(&["--local", "--local-store", "/tmp/x.redb"]).is_ok(), "{command:?}");
+            let err = parse(&["--local-store", "/tmp/x.redb"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{command:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["qsched", "plot", "r-1", "--out", "d", "--local", "--local-store", "s.redb"]).unwrap();
+        let Command::Plot { from, .. } = cli.command else { panic!() };
+        assert!(from.local && from.local_store == Some(PathBuf::from("s.redb")));
+        let cli = Cli::try_parse_from(["qsched", "submit", "--local", "--local-store", "s.redb"]).unwrap();
+        assert!(matches!(cli.command, Command::Submit(a) if a.local_store == Some(PathBuf::from("s.redb"))));
+        assert!(Cli::try_parse_from(["qsched", "submit", "--local-store", "s.redb"]).is_err(), "without --local");
+    }
+
+    #[test]
+    fn fleet_only_commands_refuse_local_with_the_reason() {
+        for command in [&["cancel", "r-1"][..], &["retry", "r-1"], &["dead-letters"], &["agents"]] {
+            let cli = Cli::try_parse_from(["qsched"].iter().chain(command).chain(&["--local"]));
+            assert!(cli.is_ok(), "{command:?}: --local is accepted, to be refused with the reason");
+        }
+        let err = fleet_only(&FleetOnly { local: true }, "cancel", "stop it with Ctrl-C").unwrap_err().to_string();
+        assert!(err.contains("`qsched cancel` needs a fleet") && err.contains("Ctrl-C"), "{err}");
+        assert!(fleet_only(&FleetOnly::default(), "cancel", "").is_ok());
+        let help = Cli::command().find_subcommand_mut("cancel").unwrap().render_long_help().to_string();
+        assert!(!help.contains("--local"), "not listed: {help}");
     }
 
     #[test]

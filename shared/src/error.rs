@@ -91,6 +91,24 @@ pub enum Error {
         /// True when reconnecting or retrying can help.
         transient: bool,
     },
+    /// The embedded store file of `qsched submit --local` could not be opened, read or
+    /// written (not a store file, a newer layout, an I/O or decoding failure).
+    #[error("local store {path}: {message}")]
+    LocalStore {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// Another process holds the embedded store file (one process at a time opens it).
+    #[error(
+        "local store {path} is in use by another process (a `qsched submit --local` still running?); \
+         one process at a time opens it: wait for that one to finish, or use another file with --local-store FILE"
+    )]
+    LocalStoreBusy {
+        /// The store file.
+        path: PathBuf,
+    },
     /// A record that should exist is missing.
     #[error("{what} not found")]
     NotFound {
@@ -116,6 +134,8 @@ impl Error {
             | Error::Codec(_)
             | Error::TooLarge { .. }
             | Error::SchemaVersion { .. }
+            | Error::LocalStore { .. }
+            | Error::LocalStoreBusy { .. }
             | Error::NotFound { .. } => false,
         }
     }

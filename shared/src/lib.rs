@@ -9,7 +9,8 @@
 //! - [`keys`]: the Redis key schema.
 //! - [`broker`] / [`amqp`]: the broker trait, its in-process and RabbitMQ implementations.
 //! - [`dead_letters`]: shards the broker dead-lettered on its own, made known to the store.
-//! - [`store`] / [`redis_store`]: the state store trait, in-process and Redis implementations.
+//! - [`store`] / [`redis_store`] / [`local_store`]: the state store trait, its in-process,
+//!   Redis and embedded on-disk (redb, for `qsched submit --local`) implementations.
 //! - [`endpoints`]: the connection flags (URLs, URL files, CA files) of `qsched` and `qagent`.
 //! - [`secrets`]: credential-bearing URLs read from files and redacted for display.
 //! - [`tls`]: the CA bundle trusted for `amqps://` and `rediss://` connections.
@@ -26,6 +27,7 @@ pub mod endpoints;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod local_store;
 pub mod names;
 pub mod redis_store;
 pub mod scale;

@@ -1,8 +1,9 @@
 //! The state store: run records, shard states, metric streams, final results,
 //! agent heartbeats and cancel flags.
 //!
-//! [`crate::redis_store::RedisStore`] is the fleet implementation; [`MemoryStore`] backs
-//! the embedded mode and unit tests. Final results are written once: `put_result`
+//! [`crate::redis_store::RedisStore`] is the fleet implementation,
+//! [`crate::local_store::LocalStore`] (a file) keeps the runs of the embedded mode, and
+//! [`MemoryStore`] backs unit tests. Final results are written once: `put_result`
 //! returns `false` when a result for that `(run, shard)` already exists, which is how a
 //! redelivered shard that already finished is recognised.
 
@@ -325,5 +326,274 @@ impl Store for MemoryStore {
 
     async fn dead_letter_records(&self, limit: usize) -> Result<Vec<DeadLetterRecord>> {
         Ok(self.lock().dead.iter().take(limit).cloned().collect())
+    }
+}
+
+/// Checks every [`Store`] implementation must pass, run against [`MemoryStore`] here and
+/// against [`crate::local_store::LocalStore`] beside it (`RedisStore` has its own suite
+/// against a real Redis in `tests/redis.rs`).
+#[cfg(test)]
+pub(crate) mod conformance {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::DeadLetter;
+    use crate::device::DeviceClass;
+    use crate::ids::{ModelId, TaskId};
+    use crate::shard::ShardSummary;
+
+    pub(crate) fn run_record(run: &str, created_at: f64, shards: &[&str]) -> RunRecord {
+        RunRecord {
+            run_id: crate::RunId::new(run).unwrap(),
+            name: "glue-tiny".to_owned(),
+            created_at,
+            shard_count: shards.len() as u32,
+            spec_hash: "ab".repeat(32),
+            spec: serde_json::json!({"scale": "tiny"}),
+            shards: shards
+                .iter()
+                .map(|s| ShardSummary {
+                    shard: (*s).to_owned(),
+                    model: ModelId::Qwen3,
+                    task: TaskId::Sst2,
+                    seed: 1,
+                    device_class: DeviceClass::Cpu,
+                })
+                .collect(),
+            traceparent: None,
+        }
+    }
+
+    pub(crate) fn result(run: &str, shard: &str, agent: &str) -> ShardResult {
+        ShardResult {
+            run: run.to_owned(),
+            shard: shard.to_owned(),
+            model: ModelId::Qwen3,
+            task: TaskId::Sst2,
+            seed: 1,
+            scale: "tiny".to_owned(),
+            device: "cpu".to_owned(),
+            gpu_name: None,
+            host: "host-a".to_owned(),
+            agent: agent.to_owned(),
+            status: ShardState::Succeeded,
+            error: None,
+            metrics: BTreeMap::from([("accuracy".to_owned(), 0.1 + 0.2)]),
+            dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
+            primary_metric: Some("accuracy".to_owned()),
+            best_step: Some(20),
+            steps: 40,
+            peak_memory_bytes: 123_456_789,
+            peak_memory_kind: "rss".to_owned(),
+            wall_seconds: 12.5,
+            train_seconds: 10.0,
+            steps_per_second: 4.0,
+            tokens_per_second: 2048.0,
+            skipped_steps: 0,
+            precision: "fp32".to_owned(),
+            threads: 2,
+            parameters: 1_000_000,
+            split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
+            data_checksums: BTreeMap::new(),
+            config: serde_json::json!({"lr": 0.001}),
+            attempt: 1,
+            resumed_from_step: None,
+            started_at: 1.0,
+            finished_at: 13.5,
+            traceparent: None,
+        }
+    }
+
+    pub(crate) fn point(step: u64) -> MetricPoint {
+        MetricPoint {
+            step,
+            kind: "train".to_owned(),
+            values: BTreeMap::from([("loss".to_owned(), 1.0 / (step as f64 + 1.0))]),
+            at: step as f64,
+        }
+    }
+
+    fn beat(agent: &str) -> AgentHeartbeat {
+        AgentHeartbeat {
+            agent: agent.to_owned(),
+            host: "host-a".to_owned(),
+            device: "cpu".to_owned(),
+            gpu_name: None,
+            current: Some(("r1".to_owned(), "s1".to_owned())),
+            step: Some(7),
+            total_steps: Some(40),
+            progress_at: Some(1.5),
+            started_at: 1.0,
+            at: 2.0,
+            shards_done: 3,
+        }
+    }
+
+    fn dead_letter(id: &str) -> DeadLetterRecord {
+        DeadLetterRecord {
+            letter: DeadLetter {
+                message_id: Some(id.to_owned()),
+                reason: format!("{id}: delivery limit"),
+                queue: Some("qsched.cpu".to_owned()),
+                size: 3,
+                headers: BTreeMap::new(),
+            },
+            agent: "agent-1".to_owned(),
+            at: 5.0,
+        }
+    }
+
+    /// Every rule of the [`Store`] trait on an empty store.
+    pub(crate) async fn check(store: &dyn Store) {
+        runs_and_states(store).await;
+        attempts_and_progress(store).await;
+        metric_streams(store).await;
+        results_are_written_once(store).await;
+        liveness_cancel_and_dead_letters(store).await;
+    }
+
+    async fn runs_and_states(store: &dyn Store) {
+        assert_eq!(store.get_run("r1").await.unwrap(), None);
+        assert!(store.states("r1").await.unwrap().is_empty());
+        let record = run_record("r1", 10.0, &["s1", "s2", "s3"]);
+        store.put_run(&record).await.unwrap();
+        assert_eq!(store.get_run("r1").await.unwrap(), Some(record.clone()));
+        let states = store.states("r1").await.unwrap();
+        assert_eq!(states.len(), 3);
+        assert!(states.values().all(|s| *s == ShardState::Unpublished), "{states:?}");
+
+        // Only unpublished shards become queued; one an agent already took stays running.
+        store.set_state("r1", "s2", ShardState::Running).await.unwrap();
+        store.mark_published("r1", &["s1".to_owned(), "s2".to_owned()]).await.unwrap();
+        let states = store.states("r1").await.unwrap();
+        assert_eq!(states["s1"], ShardState::Queued);
+        assert_eq!(states["s2"], ShardState::Running);
+        assert_eq!(states["s3"], ShardState::Unpublished);
+        // Recording the run again keeps states that exist.
+        store.put_run(&record).await.unwrap();
+        assert_eq!(store.states("r1").await.unwrap()["s2"], ShardState::Running);
+
+        // A terminal state is only replaced by force_state.
+        store.set_state("r1", "s2", ShardState::Failed).await.unwrap();
+        store.set_state("r1", "s2", ShardState::Running).await.unwrap();
+        assert_eq!(store.states("r1").await.unwrap()["s2"], ShardState::Failed);
+        store.force_state("r1", "s2", ShardState::Queued).await.unwrap();
+        assert_eq!(store.states("r1").await.unwrap()["s2"], ShardState::Queued);
+
+        // Runs are kept apart, and listed newest first.
+        store.put_run(&run_record("r0", 5.0, &["s1"])).await.unwrap();
+        store.put_run(&run_record("r2", 20.0, &["s1"])).await.unwrap();
+        assert_eq!(store.states("r0").await.unwrap().len(), 1);
+        assert_eq!(store.states("r").await.unwrap().len(), 0, "a run id is not a prefix match");
+        assert_eq!(store.list_runs(10).await.unwrap(), ["r2", "r1", "r0"]);
+        assert_eq!(store.list_runs(2).await.unwrap(), ["r2", "r1"]);
+    }
+
+    async fn attempts_and_progress(store: &dyn Store) {
+        assert_eq!(store.incr_attempt("r1", "s1").await.unwrap(), 1);
+        assert_eq!(store.incr_attempt("r1", "s1").await.unwrap(), 2);
+        assert_eq!(store.incr_attempt("r1", "s2").await.unwrap(), 1);
+        assert_eq!(store.attempts("r1").await.unwrap(), BTreeMap::from([("s1".into(), 2), ("s2".into(), 1)]));
+        assert!(store.attempts("r0").await.unwrap().is_empty());
+
+        let error = |attempt, text: &str| AttemptError {
+            attempt,
+            agent: "agent-1".into(),
+            error: text.into(),
+            at: f64::from(attempt),
+        };
+        store.record_attempt_error("r1", "s1", &error(2, "oom")).await.unwrap();
+        store.record_attempt_error("r1", "s1", &error(1, "killed")).await.unwrap();
+        store.record_attempt_error("r1", "s1", &error(2, "oom again")).await.unwrap();
+        let errors = store.attempt_errors("r1").await.unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors["s1"], [error(1, "killed"), error(2, "oom again")], "oldest first, replaced");
+        assert!(store.attempt_errors("r2").await.unwrap().is_empty());
+
+        let progress = |step| Progress { step, total_steps: 40, agent: "agent-1".into(), loss: Some(0.5), at: 3.0 };
+        store.set_progress("r1", "s1", &progress(3)).await.unwrap();
+        store.set_progress("r1", "s1", &progress(4)).await.unwrap();
+        assert_eq!(store.progress("r1").await.unwrap(), BTreeMap::from([("s1".into(), progress(4))]));
+        assert!(store.progress("r2").await.unwrap().is_empty());
+    }
+
+    async fn metric_streams(store: &dyn Store) {
+        assert!(store.metrics("r1", "s1", 10).await.unwrap().is_empty());
+        let points: Vec<_> = (0..5).map(point).collect();
+        store.append_metrics("r1", "s1", &points[..3]).await.unwrap();
+        store.append_metrics("r1", "s1", &points[3..]).await.unwrap();
+        store.append_metrics("r1", "s2", &[point(99)]).await.unwrap();
+        assert_eq!(store.metrics("r1", "s1", 10).await.unwrap(), points);
+        assert_eq!(store.metrics("r1", "s1", 2).await.unwrap(), points[3..]);
+        assert_eq!(store.metrics("r1", "s2", 10).await.unwrap(), [point(99)]);
+        // The stream is trimmed to its newest METRIC_STREAM_MAXLEN points.
+        let many: Vec<_> = (5..METRIC_STREAM_MAXLEN as u64 + 10).map(point).collect();
+        store.append_metrics("r1", "s1", &many).await.unwrap();
+        let kept = store.metrics("r1", "s1", usize::MAX).await.unwrap();
+        assert_eq!(kept.len(), METRIC_STREAM_MAXLEN);
+        assert_eq!(kept.last(), many.last());
+        assert_eq!(kept[0], point(10));
+        assert_eq!(store.metrics("r1", "s2", 10).await.unwrap(), [point(99)], "other streams untouched");
+    }
+
+    async fn results_are_written_once(store: &dyn Store) {
+        assert_eq!(store.get_result("r1", "s3").await.unwrap(), None);
+        let first = result("r1", "s3", "agent-1");
+        assert!(store.put_result(&first).await.unwrap());
+        assert!(!store.put_result(&result("r1", "s3", "agent-2")).await.unwrap(), "a second result is refused");
+        let stored = store.get_result("r1", "s3").await.unwrap().unwrap();
+        assert_eq!(stored, first, "floats round-trip exactly, the first writer wins");
+        assert_eq!(store.states("r1").await.unwrap()["s3"], ShardState::Succeeded);
+        let mut failed = result("r1", "s1", "agent-1");
+        failed.status = ShardState::Failed;
+        failed.error = Some("nan loss".into());
+        assert!(store.put_result(&failed).await.unwrap());
+        assert_eq!(store.states("r1").await.unwrap()["s1"], ShardState::Failed);
+        assert!(store.put_result(&result("r2", "s1", "agent-1")).await.unwrap());
+        let mut shards: Vec<String> = store.results("r1").await.unwrap().into_iter().map(|r| r.shard).collect();
+        shards.sort();
+        assert_eq!(shards, ["s1", "s3"]);
+        assert!(store.delete_result("r1", "s1").await.unwrap());
+        assert!(!store.delete_result("r1", "s1").await.unwrap());
+        assert_eq!(store.results("r1").await.unwrap(), [first]);
+        assert!(store.put_result(&failed).await.unwrap(), "written again after a delete (a retry)");
+    }
+
+    async fn liveness_cancel_and_dead_letters(store: &dyn Store) {
+        assert!(store.agents().await.unwrap().is_empty());
+        store.heartbeat(&beat("a1"), Duration::from_secs(60)).await.unwrap();
+        store.heartbeat(&beat("a2"), Duration::from_millis(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(store.agents().await.unwrap(), [beat("a1")], "an expired heartbeat drops out");
+        store.remove_agent("a1").await.unwrap();
+        assert!(store.agents().await.unwrap().is_empty());
+
+        assert!(!store.is_cancelled("r1").await.unwrap());
+        store.cancel("r1").await.unwrap();
+        assert!(store.is_cancelled("r1").await.unwrap());
+        assert!(!store.is_cancelled("r2").await.unwrap());
+        store.uncancel("r1").await.unwrap();
+        assert!(!store.is_cancelled("r1").await.unwrap());
+
+        assert!(store.dead_letter_records(10).await.unwrap().is_empty());
+        for id in ["r1:a", "r1:b", "r1:c"] {
+            store.record_dead_letter(&dead_letter(id)).await.unwrap();
+        }
+        assert_eq!(
+            store.dead_letter_records(10).await.unwrap(),
+            [dead_letter("r1:c"), dead_letter("r1:b"), dead_letter("r1:a")]
+        );
+        assert_eq!(store.dead_letter_records(1).await.unwrap(), [dead_letter("r1:c")]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        conformance::check(&MemoryStore::new()).await;
     }
 }
