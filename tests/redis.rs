@@ -4,76 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shared::DeviceClass;
 use shared::broker::DeadLetter;
-use shared::ids::{ModelId, TaskId};
 use shared::redis_store::{RedisConfig, RedisStore, RetryPolicy};
-use shared::shard::{AgentHeartbeat, MetricPoint, RunRecord, ShardResult, ShardState, ShardSummary};
+use shared::shard::{AgentHeartbeat, MetricPoint, RunRecord, ShardResult, ShardState};
 use shared::store::{DeadLetterRecord, METRIC_STREAM_MAXLEN, Progress, Store};
 
 use crate::util::{PrivateRedis, TestStore};
-
-fn run_record(run: &str, created_at: f64, shards: &[&str]) -> RunRecord {
-    RunRecord {
-        run_id: shared::RunId::new(run).unwrap(),
-        name: "glue-tiny".to_owned(),
-        created_at,
-        shard_count: shards.len() as u32,
-        spec_hash: "ab".repeat(32),
-        spec: serde_json::json!({"scale": "tiny"}),
-        shards: shards
-            .iter()
-            .map(|s| ShardSummary {
-                shard: (*s).to_owned(),
-                model: ModelId::Qwen3,
-                task: TaskId::Sst2,
-                seed: 1,
-                device_class: DeviceClass::Cpu,
-            })
-            .collect(),
-        traceparent: None,
-    }
-}
-
-fn result(run: &str, shard: &str, agent: &str) -> ShardResult {
-    ShardResult {
-        run: run.to_owned(),
-        shard: shard.to_owned(),
-        model: ModelId::Qwen3,
-        task: TaskId::Sst2,
-        seed: 1,
-        scale: "tiny".to_owned(),
-        device: "cpu".to_owned(),
-        gpu_name: None,
-        host: "host-a".to_owned(),
-        agent: agent.to_owned(),
-        status: ShardState::Succeeded,
-        error: None,
-        metrics: BTreeMap::from([("accuracy".to_owned(), 0.875)]),
-        dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
-        primary_metric: Some("accuracy".to_owned()),
-        best_step: Some(20),
-        steps: 40,
-        peak_memory_bytes: 123_456_789,
-        peak_memory_kind: "rss".to_owned(),
-        wall_seconds: 12.5,
-        train_seconds: 10.0,
-        steps_per_second: 4.0,
-        tokens_per_second: 2048.0,
-        skipped_steps: 0,
-        precision: "fp32".to_owned(),
-        threads: 2,
-        parameters: 1_000_000,
-        split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
-        data_checksums: BTreeMap::new(),
-        config: serde_json::json!({"lr": 0.001}),
-        attempt: 1,
-        resumed_from_step: None,
-        started_at: 1.0,
-        finished_at: 13.5,
-        traceparent: None,
-    }
-}
 
 fn point(step: u64) -> MetricPoint {
     MetricPoint {
@@ -103,11 +39,13 @@ fn beat(agent: &str) -> AgentHeartbeat {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_result_is_exactly_once_under_concurrency() {
     let s = Arc::new(TestStore::new("once").await);
-    s.put_run(&run_record("r1", 1.0, &["s1"])).await.unwrap();
+    s.put_run(&RunRecord::sample("r1", 1.0, &["s1"])).await.unwrap();
     let writers: Vec<_> = (0..10)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { (i, s.put_result(&result("r1", "s1", &format!("agent-{i}"))).await.unwrap()) })
+            tokio::spawn(async move {
+                (i, s.put_result(&ShardResult::sample("r1", "s1", &format!("agent-{i}"))).await.unwrap())
+            })
         })
         .collect();
     let mut winners = Vec::new();
@@ -123,7 +61,7 @@ async fn put_result_is_exactly_once_under_concurrency() {
     assert_eq!(s.states("r1").await.unwrap()["s1"], ShardState::Succeeded);
 
     // A later, different result (a redelivered shard) changes nothing.
-    let mut late = result("r1", "s1", "agent-late");
+    let mut late = ShardResult::sample("r1", "s1", "agent-late");
     late.status = ShardState::Failed;
     assert!(!s.put_result(&late).await.unwrap());
     assert_eq!(s.get_result("r1", "s1").await.unwrap().unwrap().agent, stored.agent);
@@ -147,7 +85,7 @@ async fn put_result_is_exactly_once_under_concurrency() {
 #[tokio::test]
 async fn set_state_never_downgrades_a_terminal_state() {
     let s = TestStore::new("states").await;
-    s.put_run(&run_record("r", 1.0, &["a", "b", "c"])).await.unwrap();
+    s.put_run(&RunRecord::sample("r", 1.0, &["a", "b", "c"])).await.unwrap();
     // Recorded before the broker confirmed anything; queued once it has.
     assert!(s.states("r").await.unwrap().values().all(|st| *st == ShardState::Unpublished));
     s.set_state("r", "c", ShardState::Running).await.unwrap();
@@ -170,12 +108,12 @@ async fn set_state_never_downgrades_a_terminal_state() {
     assert_eq!(s.states("r").await.unwrap()["b"], ShardState::Queued);
 
     // put_result's state is terminal too; a late "running" from a superseded attempt loses.
-    assert!(s.put_result(&result("r", "c", "agent")).await.unwrap());
+    assert!(s.put_result(&ShardResult::sample("r", "c", "agent")).await.unwrap());
     s.set_state("r", "c", ShardState::Running).await.unwrap();
     assert_eq!(s.states("r").await.unwrap()["c"], ShardState::Succeeded);
 
     // Resubmitting the run never resets progress.
-    s.put_run(&run_record("r", 1.0, &["a", "b", "c", "d"])).await.unwrap();
+    s.put_run(&RunRecord::sample("r", 1.0, &["a", "b", "c", "d"])).await.unwrap();
     let states = s.states("r").await.unwrap();
     assert_eq!(states["a"], ShardState::Running);
     assert_eq!(states["c"], ShardState::Succeeded);
@@ -259,12 +197,12 @@ async fn runs_are_listed_newest_first() {
     let s = TestStore::new("runs").await;
     assert!(s.list_runs(10).await.unwrap().is_empty());
     for (run, at) in [("old", 100.0), ("newest", 300.0), ("middle", 200.0)] {
-        s.put_run(&run_record(run, at, &["x"])).await.unwrap();
+        s.put_run(&RunRecord::sample(run, at, &["x"])).await.unwrap();
     }
     assert_eq!(s.list_runs(10).await.unwrap(), ["newest", "middle", "old"]);
     assert_eq!(s.list_runs(2).await.unwrap(), ["newest", "middle"]);
     assert!(s.list_runs(0).await.unwrap().is_empty());
-    assert_eq!(s.get_run("middle").await.unwrap(), Some(run_record("middle", 200.0, &["x"])));
+    assert_eq!(s.get_run("middle").await.unwrap(), Some(RunRecord::sample("middle", 200.0, &["x"])));
     assert_eq!(s.get_run("missing").await.unwrap(), None);
 }
 
@@ -313,7 +251,7 @@ async fn unreachable_redis_is_a_fast_clear_error() {
 async fn writes_issued_while_redis_restarts_succeed_once_it_is_back() {
     let mut server = PrivateRedis::start().await;
     let store = RedisStore::connect(&server.url(), "fault").await.unwrap();
-    store.put_run(&run_record("r", 1.0, &["s1", "s2"])).await.unwrap();
+    store.put_run(&RunRecord::sample("r", 1.0, &["s1", "s2"])).await.unwrap();
 
     // Down for longer than the retry budget: a clear transient error after 3 tries.
     server.kill();
@@ -335,7 +273,7 @@ async fn writes_issued_while_redis_restarts_succeed_once_it_is_back() {
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
-            let written = store.put_result(&result("r", "s1", "agent")).await;
+            let written = store.put_result(&ShardResult::sample("r", "s1", "agent")).await;
             let appended = store.append_metrics("r", "s1", &[point(1), point(2)]).await;
             (written, appended)
         })
@@ -358,7 +296,7 @@ async fn writes_issued_while_redis_restarts_succeed_once_it_is_back() {
 #[tokio::test]
 async fn results_round_trip_floats_exactly() {
     let s = TestStore::new("floats").await;
-    let mut r = result("r1", "s1", "a");
+    let mut r = ShardResult::sample("r1", "s1", "a");
     // Values whose shortest decimal form a non-round-tripping float parser gets 1 ulp wrong.
     for (i, v) in [0.47626670077443123_f64, 0.8038990825688074, 1.0 / 3.0, 2.0_f64.sqrt() * 1e-7, 6.02214076e23]
         .into_iter()

@@ -915,11 +915,25 @@ pub async fn wait_for_run(
     mut on_tick: impl FnMut(usize, usize, &BTreeMap<ShardState, usize>),
 ) -> Result<BTreeMap<ShardState, usize>> {
     let record = get_run(store, run).await?;
+    // Whether the last pass over the dead-letter notices failed: a broker outage is
+    // reported once when it starts and once when it ends, not at every poll.
+    let mut notices_failing = false;
     loop {
         // A shard the broker gave up on ends the wait too (its notice marks it dead),
         // even with no agent left to take the notice. A broker blip only delays that.
         if let Some(b) = broker {
-            let _ = shared::dead_letters::record_notices(b, store, "qsched").await;
+            match shared::dead_letters::record_notices(b, store, "qsched").await {
+                Err(e) if !notices_failing => {
+                    notices_failing = true;
+                    tracing::warn!(error = %e, "cannot read the dead-letter notices; retrying at every poll");
+                }
+                Err(e) => tracing::debug!(error = %e, "dead-letter notices still unreadable"),
+                Ok(_) if notices_failing => {
+                    notices_failing = false;
+                    tracing::warn!("dead-letter notices readable again");
+                }
+                Ok(_) => {}
+            }
         }
         let states = store.states(run).await?;
         let counts = state_counts(&record, &states);

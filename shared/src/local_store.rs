@@ -642,8 +642,8 @@ mod tests {
         let path = dir.path().join("local.redb");
         {
             let store = LocalStore::create(&path).unwrap();
-            store.put_run(&conformance::run_record("r1", 1.0, &["s1", "s2"])).await.unwrap();
-            store.put_result(&conformance::result("r1", "s1", "agent-1")).await.unwrap();
+            store.put_run(&RunRecord::sample("r1", 1.0, &["s1", "s2"])).await.unwrap();
+            store.put_result(&ShardResult::sample("r1", "s1", "agent-1")).await.unwrap();
             store.set_state("r1", "s2", ShardState::Running).await.unwrap();
             store.append_metrics("r1", "s1", &[conformance::point(1), conformance::point(2)]).await.unwrap();
             store.incr_attempt("r1", "s2").await.unwrap();
@@ -666,7 +666,7 @@ mod tests {
         }
         let store = LocalStore::open(&path).unwrap();
         assert_eq!(store.list_runs(10).await.unwrap(), ["r1"]);
-        assert_eq!(store.results("r1").await.unwrap(), [conformance::result("r1", "s1", "agent-1")]);
+        assert_eq!(store.results("r1").await.unwrap(), [ShardResult::sample("r1", "s1", "agent-1")]);
         let states = store.states("r1").await.unwrap();
         assert_eq!((states["s1"], states["s2"]), (ShardState::Succeeded, ShardState::Running));
         assert_eq!(store.metrics("r1", "s1", 10).await.unwrap(), [conformance::point(1), conformance::point(2)]);

@@ -278,3 +278,74 @@ pub struct MetricPoint {
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
+
+/// Fixed records for tests here and in other crates (as [`crate::wire::sample_shard`]):
+/// every store implementation's tests build their runs and results from these.
+impl RunRecord {
+    /// A `glue-tiny` run of qwen3 × SST-2 × seed 1 CPU shards named `shards`.
+    pub fn sample(run: &str, created_at: f64, shards: &[&str]) -> RunRecord {
+        RunRecord {
+            run_id: RunId::new(run).expect("a valid run id"),
+            name: "glue-tiny".to_owned(),
+            created_at,
+            shard_count: shards.len() as u32,
+            spec_hash: "ab".repeat(32),
+            spec: serde_json::json!({"scale": "tiny"}),
+            shards: shards
+                .iter()
+                .map(|s| ShardSummary {
+                    shard: (*s).to_owned(),
+                    model: ModelId::Qwen3,
+                    task: TaskId::Sst2,
+                    seed: 1,
+                    device_class: DeviceClass::Cpu,
+                })
+                .collect(),
+            traceparent: None,
+        }
+    }
+}
+
+impl ShardResult {
+    /// A succeeded CPU result of `shard` of `run` stored by `agent`; its accuracy, 0.1 + 0.2,
+    /// has no short decimal form, so a store that loses float precision fails the tests.
+    pub fn sample(run: &str, shard: &str, agent: &str) -> ShardResult {
+        ShardResult {
+            run: run.to_owned(),
+            shard: shard.to_owned(),
+            model: ModelId::Qwen3,
+            task: TaskId::Sst2,
+            seed: 1,
+            scale: "tiny".to_owned(),
+            device: "cpu".to_owned(),
+            gpu_name: None,
+            host: "host-a".to_owned(),
+            agent: agent.to_owned(),
+            status: ShardState::Succeeded,
+            error: None,
+            metrics: BTreeMap::from([("accuracy".to_owned(), 0.1 + 0.2)]),
+            dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
+            primary_metric: Some("accuracy".to_owned()),
+            best_step: Some(20),
+            steps: 40,
+            peak_memory_bytes: 123_456_789,
+            peak_memory_kind: "rss".to_owned(),
+            wall_seconds: 12.5,
+            train_seconds: 10.0,
+            steps_per_second: 4.0,
+            tokens_per_second: 2048.0,
+            skipped_steps: 0,
+            precision: "fp32".to_owned(),
+            threads: 2,
+            parameters: 1_000_000,
+            split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
+            data_checksums: BTreeMap::new(),
+            config: serde_json::json!({"lr": 0.001}),
+            attempt: 1,
+            resumed_from_step: None,
+            started_at: 1.0,
+            finished_at: 13.5,
+            traceparent: None,
+        }
+    }
+}

@@ -339,71 +339,6 @@ pub(crate) mod conformance {
 
     use super::*;
     use crate::broker::DeadLetter;
-    use crate::device::DeviceClass;
-    use crate::ids::{ModelId, TaskId};
-    use crate::shard::ShardSummary;
-
-    pub(crate) fn run_record(run: &str, created_at: f64, shards: &[&str]) -> RunRecord {
-        RunRecord {
-            run_id: crate::RunId::new(run).unwrap(),
-            name: "glue-tiny".to_owned(),
-            created_at,
-            shard_count: shards.len() as u32,
-            spec_hash: "ab".repeat(32),
-            spec: serde_json::json!({"scale": "tiny"}),
-            shards: shards
-                .iter()
-                .map(|s| ShardSummary {
-                    shard: (*s).to_owned(),
-                    model: ModelId::Qwen3,
-                    task: TaskId::Sst2,
-                    seed: 1,
-                    device_class: DeviceClass::Cpu,
-                })
-                .collect(),
-            traceparent: None,
-        }
-    }
-
-    pub(crate) fn result(run: &str, shard: &str, agent: &str) -> ShardResult {
-        ShardResult {
-            run: run.to_owned(),
-            shard: shard.to_owned(),
-            model: ModelId::Qwen3,
-            task: TaskId::Sst2,
-            seed: 1,
-            scale: "tiny".to_owned(),
-            device: "cpu".to_owned(),
-            gpu_name: None,
-            host: "host-a".to_owned(),
-            agent: agent.to_owned(),
-            status: ShardState::Succeeded,
-            error: None,
-            metrics: BTreeMap::from([("accuracy".to_owned(), 0.1 + 0.2)]),
-            dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
-            primary_metric: Some("accuracy".to_owned()),
-            best_step: Some(20),
-            steps: 40,
-            peak_memory_bytes: 123_456_789,
-            peak_memory_kind: "rss".to_owned(),
-            wall_seconds: 12.5,
-            train_seconds: 10.0,
-            steps_per_second: 4.0,
-            tokens_per_second: 2048.0,
-            skipped_steps: 0,
-            precision: "fp32".to_owned(),
-            threads: 2,
-            parameters: 1_000_000,
-            split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
-            data_checksums: BTreeMap::new(),
-            config: serde_json::json!({"lr": 0.001}),
-            attempt: 1,
-            resumed_from_step: None,
-            started_at: 1.0,
-            finished_at: 13.5,
-            traceparent: None,
-        }
-    }
 
     pub(crate) fn point(step: u64) -> MetricPoint {
         MetricPoint {
@@ -456,7 +391,7 @@ pub(crate) mod conformance {
     async fn runs_and_states(store: &dyn Store) {
         assert_eq!(store.get_run("r1").await.unwrap(), None);
         assert!(store.states("r1").await.unwrap().is_empty());
-        let record = run_record("r1", 10.0, &["s1", "s2", "s3"]);
+        let record = RunRecord::sample("r1", 10.0, &["s1", "s2", "s3"]);
         store.put_run(&record).await.unwrap();
         assert_eq!(store.get_run("r1").await.unwrap(), Some(record.clone()));
         let states = store.states("r1").await.unwrap();
@@ -482,8 +417,8 @@ pub(crate) mod conformance {
         assert_eq!(store.states("r1").await.unwrap()["s2"], ShardState::Queued);
 
         // Runs are kept apart, and listed newest first.
-        store.put_run(&run_record("r0", 5.0, &["s1"])).await.unwrap();
-        store.put_run(&run_record("r2", 20.0, &["s1"])).await.unwrap();
+        store.put_run(&RunRecord::sample("r0", 5.0, &["s1"])).await.unwrap();
+        store.put_run(&RunRecord::sample("r2", 20.0, &["s1"])).await.unwrap();
         assert_eq!(store.states("r0").await.unwrap().len(), 1);
         assert_eq!(store.states("r").await.unwrap().len(), 0, "a run id is not a prefix match");
         assert_eq!(store.list_runs(10).await.unwrap(), ["r2", "r1", "r0"]);
@@ -539,18 +474,21 @@ pub(crate) mod conformance {
 
     async fn results_are_written_once(store: &dyn Store) {
         assert_eq!(store.get_result("r1", "s3").await.unwrap(), None);
-        let first = result("r1", "s3", "agent-1");
+        let first = ShardResult::sample("r1", "s3", "agent-1");
         assert!(store.put_result(&first).await.unwrap());
-        assert!(!store.put_result(&result("r1", "s3", "agent-2")).await.unwrap(), "a second result is refused");
+        assert!(
+            !store.put_result(&ShardResult::sample("r1", "s3", "agent-2")).await.unwrap(),
+            "a second result is refused"
+        );
         let stored = store.get_result("r1", "s3").await.unwrap().unwrap();
         assert_eq!(stored, first, "floats round-trip exactly, the first writer wins");
         assert_eq!(store.states("r1").await.unwrap()["s3"], ShardState::Succeeded);
-        let mut failed = result("r1", "s1", "agent-1");
+        let mut failed = ShardResult::sample("r1", "s1", "agent-1");
         failed.status = ShardState::Failed;
         failed.error = Some("nan loss".into());
         assert!(store.put_result(&failed).await.unwrap());
         assert_eq!(store.states("r1").await.unwrap()["s1"], ShardState::Failed);
-        assert!(store.put_result(&result("r2", "s1", "agent-1")).await.unwrap());
+        assert!(store.put_result(&ShardResult::sample("r2", "s1", "agent-1")).await.unwrap());
         let mut shards: Vec<String> = store.results("r1").await.unwrap().into_iter().map(|r| r.shard).collect();
         shards.sort();
         assert_eq!(shards, ["s1", "s3"]);
