@@ -27,6 +27,12 @@ mod trace;
 // qagent --metrics-listen, scraped by a real Prometheus and queried back.
 mod metrics;
 
+// A headless Chromium over the DevTools protocol (for the dashboard test).
+mod browser;
+
+// `qsched dashboard` in a real browser with a run in flight and a failed shard.
+mod dashboard;
+
 // Hostile messages and service outages: nothing lost, nothing outside the roots touched.
 mod chaos;
 

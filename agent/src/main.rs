@@ -180,7 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // whether on a signal, at --max-shards or on an error.
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = metrics_server.map(|server| tokio::spawn(server.run(stopped(metrics_stopped))));
-    let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shutdown_signal()).await;
+    let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shared::shutdown::signal()).await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         match task.await {
@@ -197,20 +197,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Resolves when `stop` fires or is dropped.
 async fn stopped(stop: tokio::sync::oneshot::Receiver<()>) {
     let _ = stop.await;
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

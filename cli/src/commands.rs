@@ -97,52 +97,66 @@ const METRIC_POINTS_READ: usize = 64;
 /// Train points (the most recent) the rate of a running shard is measured over.
 const RATE_WINDOW: usize = 10;
 
-/// `qsched status RUN`.
-pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -> Result<String> {
-    let record = get_run(store, run).await?;
-    // Shards the broker gave up on while no agent was there to take the notice.
-    if let Some(b) = broker {
-        shared::dead_letters::record_notices(b, store, "qsched").await?;
+/// A running shard as `status` and the dashboard show it: where it is, how fast it goes,
+/// and whether its agent is still there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunningShard {
+    /// Shard id.
+    pub shard: String,
+    /// Model.
+    pub model: ModelId,
+    /// Task.
+    pub task: TaskId,
+    /// Seed.
+    pub seed: u64,
+    /// Current step, when known.
+    pub step: Option<u64>,
+    /// Steps planned, when known.
+    pub total_steps: Option<u64>,
+    /// Latest training loss.
+    pub loss: Option<f64>,
+    /// Training steps per second over the latest train points.
+    pub steps_per_second: Option<f64>,
+    /// Seconds until its training ends, at that rate.
+    pub eta_seconds: Option<f64>,
+    /// The agent running it (by its progress record or its heartbeat).
+    pub agent: Option<String>,
+    /// The device that agent is pinned to, when its heartbeat is live.
+    pub device: Option<String>,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Its agent stopped heartbeating: the delivery comes back to the queue when the
+    /// broker notices the dead connection.
+    pub stale: bool,
+    /// Seconds since its live agent last reported progress (a stopped or hung worker
+    /// shows here before the watchdog kills it).
+    pub silent_seconds: Option<f64>,
+}
+
+impl RunningShard {
+    /// The state column: `running`, `running (stale)` or `running (no progress for N s)`.
+    pub fn state_label(&self) -> String {
+        match self.silent_seconds {
+            _ if self.stale => "running (stale)".to_owned(),
+            Some(s) if s >= STALLED_AFTER_S => format!("running (no progress for {s:.0} s)"),
+            _ => "running".to_owned(),
+        }
     }
-    let states = store.states(run).await?;
+}
+
+/// The running shards of `record`, in the run's shard order, with their step, loss, rate,
+/// ETA and agent read from the progress records, the metric streams and the heartbeats.
+pub async fn running_shards(
+    store: &dyn Store,
+    record: &RunRecord,
+    states: &BTreeMap<String, ShardState>,
+    agents: &[AgentHeartbeat],
+) -> Result<Vec<RunningShard>> {
+    let run = record.run_id.as_str();
     let progress = store.progress(run).await?;
     let attempts = store.attempts(run).await?;
-    let agents = store.agents().await?;
-    let cancelled = store.is_cancelled(run).await?;
-    let counts = state_counts(&record, &states);
-    let done = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| n).sum::<usize>();
-    let mut out = format!(
-        "run {} ({}), {} shards, submitted {:.0} s ago: {}/{} finished{}\n",
-        record.run_id,
-        record.name,
-        record.shard_count,
-        unix_now() - record.created_at,
-        done,
-        record.shard_count,
-        if cancelled { " (cancelled)" } else { "" }
-    );
-    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
-    out.push_str(&format!("states: {}\n", parts.join(", ")));
-    if let Some(n) = counts.get(&ShardState::Unpublished) {
-        out.push_str(&format!(
-            "{n} shard(s) were never published (the submit was interrupted): `qsched submit --resume {}` publishes them\n",
-            record.run_id
-        ));
-    }
-    if let Some(b) = broker {
-        let cpu = b.queue_depth(DeviceClass::Cpu).await?;
-        let cuda = b.queue_depth(DeviceClass::Cuda).await?;
-        let dead = b.dead_letter_count().await?;
-        out.push_str(&format!("queues (all runs): cpu {cpu} ready, cuda {cuda} ready, dead letters {dead}\n"));
-    }
-    let live: std::collections::BTreeSet<String> = agents.iter().map(|a| a.agent.clone()).collect();
-    let progress_at: BTreeMap<&str, f64> =
-        agents.iter().filter_map(|a| Some((a.agent.as_str(), a.progress_at?))).collect();
-    let mut running = Table::new();
-    running
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_header(["shard", "model", "task", "seed", "state", "step", "loss", "steps/s", "eta", "agent", "attempts"]);
-    let mut running_etas = Vec::new();
+    let live: std::collections::BTreeSet<&str> = agents.iter().map(|a| a.agent.as_str()).collect();
+    let mut out = Vec::new();
     for s in &record.shards {
         let state = states.get(&s.shard).copied().unwrap_or(ShardState::Queued);
         if state != ShardState::Running {
@@ -174,63 +188,119 @@ pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -
             (Some(step), Some(total)) => live::shard_eta(step, total, rate),
             _ => None,
         };
-        running_etas.push(eta);
-        // A running shard whose agent stopped heartbeating is stale: its delivery will
-        // come back to the queue when the broker notices the dead connection.
-        let stale = agent.as_ref().is_some_and(|a| !live.contains(a));
-        // A live agent whose worker reports no progress: stopped or hung (the agent's
-        // watchdog kills it after its stall timeout).
-        let silent = agent.as_deref().and_then(|a| progress_at.get(a)).map(|at| unix_now() - at);
-        let state = match silent {
-            _ if stale => "running (stale)".to_owned(),
-            Some(s) if s >= STALLED_AFTER_S => format!("running (no progress for {s:.0} s)"),
-            _ => "running".to_owned(),
-        };
-        let dash = || "—".to_owned();
-        running.add_row([
-            s.shard.clone(),
-            s.model.to_string(),
-            s.task.to_string(),
-            s.seed.to_string(),
-            state,
-            match (step, total) {
-                (Some(step), Some(total)) => format!("{step}/{total}"),
-                (None, Some(total)) => format!("—/{total}"),
-                (Some(step), None) => step.to_string(),
-                (None, None) => dash(),
-            },
-            loss.map_or_else(dash, |l| format!("{l:.4}")),
-            rate.map_or_else(dash, |r| if r >= 10.0 { format!("{r:.1}") } else { format!("{r:.2}") }),
-            eta.map_or_else(dash, live::human_secs),
-            agent.unwrap_or_else(dash),
-            attempts.get(&s.shard).copied().unwrap_or(0).to_string(),
-        ]);
+        let agent_beat = agent.as_deref().and_then(|a| agents.iter().find(|b| b.agent == a));
+        out.push(RunningShard {
+            shard: s.shard.clone(),
+            model: s.model,
+            task: s.task,
+            seed: s.seed,
+            step,
+            total_steps: total,
+            loss,
+            steps_per_second: rate,
+            eta_seconds: eta,
+            stale: agent.as_deref().is_some_and(|a| !live.contains(a)),
+            silent_seconds: agent_beat.and_then(|b| b.progress_at).map(|at| unix_now() - at),
+            device: agent_beat.map(|b| b.device.clone()),
+            agent,
+            attempts: attempts.get(&s.shard).copied().unwrap_or(0),
+        });
     }
-    if !running_etas.is_empty() {
-        out.push_str(&running.to_string());
+    Ok(out)
+}
+
+/// `qsched status RUN`.
+pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -> Result<String> {
+    let record = get_run(store, run).await?;
+    // Shards the broker gave up on while no agent was there to take the notice.
+    if let Some(b) = broker {
+        shared::dead_letters::record_notices(b, store, "qsched").await?;
+    }
+    let states = store.states(run).await?;
+    let agents = store.agents().await?;
+    let cancelled = store.is_cancelled(run).await?;
+    let counts = state_counts(&record, &states);
+    let done = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| n).sum::<usize>();
+    let mut out = format!(
+        "run {} ({}), {} shards, submitted {:.0} s ago: {}/{} finished{}\n",
+        record.run_id,
+        record.name,
+        record.shard_count,
+        unix_now() - record.created_at,
+        done,
+        record.shard_count,
+        if cancelled { " (cancelled)" } else { "" }
+    );
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
+    out.push_str(&format!("states: {}\n", parts.join(", ")));
+    if let Some(n) = counts.get(&ShardState::Unpublished) {
+        out.push_str(&format!(
+            "{n} shard(s) were never published (the submit was interrupted): `qsched submit --resume {}` publishes them\n",
+            record.run_id
+        ));
+    }
+    if let Some(b) = broker {
+        let cpu = b.queue_depth(DeviceClass::Cpu).await?;
+        let cuda = b.queue_depth(DeviceClass::Cuda).await?;
+        let dead = b.dead_letter_count().await?;
+        out.push_str(&format!("queues (all runs): cpu {cpu} ready, cuda {cuda} ready, dead letters {dead}\n"));
+    }
+    let running = running_shards(store, &record, &states, &agents).await?;
+    if !running.is_empty() {
+        let mut table = Table::new();
+        table.load_preset(presets::UTF8_FULL_CONDENSED).set_header([
+            "shard", "model", "task", "seed", "state", "step", "loss", "steps/s", "eta", "agent", "attempts",
+        ]);
+        let dash = || "—".to_owned();
+        for r in &running {
+            table.add_row([
+                r.shard.clone(),
+                r.model.to_string(),
+                r.task.to_string(),
+                r.seed.to_string(),
+                r.state_label(),
+                match (r.step, r.total_steps) {
+                    (Some(step), Some(total)) => format!("{step}/{total}"),
+                    (None, Some(total)) => format!("—/{total}"),
+                    (Some(step), None) => step.to_string(),
+                    (None, None) => dash(),
+                },
+                r.loss.map_or_else(dash, |l| format!("{l:.4}")),
+                r.steps_per_second.map_or_else(dash, |r| if r >= 10.0 { format!("{r:.1}") } else { format!("{r:.2}") }),
+                r.eta_seconds.map_or_else(dash, live::human_secs),
+                r.agent.clone().unwrap_or_else(dash),
+                r.attempts.to_string(),
+            ]);
+        }
+        out.push_str(&table.to_string());
         out.push('\n');
     }
-    out.push_str(&eta_line(store, &record, &counts, running_etas, &agents, cancelled).await?);
+    out.push_str(&match estimate_run_eta(store, &record, &counts, &running, &agents, cancelled).await? {
+        live::RunEta::Nothing => String::new(),
+        live::RunEta::Known { secs, basis } => format!("eta: ~{} (based on {basis})\n", live::human_secs(secs)),
+        live::RunEta::Unknown(why) => format!("eta: — ({why})\n"),
+    });
     out.push_str(&retried_attempts(&record, &store.attempt_errors(run).await?));
     Ok(out)
 }
 
-/// The `eta:` line of `status`, saying what it is based on (or why there is none).
-async fn eta_line(
+/// When the run should finish, or why that cannot be said ([`live::run_eta`] over the
+/// run's queued, running and finished shards and the live agents of its device class).
+pub async fn estimate_run_eta(
     store: &dyn Store,
     record: &RunRecord,
     counts: &BTreeMap<ShardState, usize>,
-    running: Vec<Option<f64>>,
+    running: &[RunningShard],
     agents: &[AgentHeartbeat],
     cancelled: bool,
-) -> Result<String> {
+) -> Result<live::RunEta> {
     if cancelled {
-        return Ok("eta: — (the run is cancelled)\n".into());
+        return Ok(live::RunEta::Unknown("the run is cancelled".into()));
     }
     let waiting = counts.get(&ShardState::Queued).copied().unwrap_or(0);
     if waiting == 0 && running.is_empty() {
         // Finished, or only unpublished shards left: nothing will run on its own.
-        return Ok(String::new());
+        return Ok(live::RunEta::Nothing);
     }
     let finished_walls = store
         .results(record.run_id.as_str())
@@ -241,11 +311,8 @@ async fn eta_line(
         .collect();
     let class = record.shards.first().map(|s| s.device_class);
     let agents = class.map_or(0, |c| agents_of_class(agents, c));
-    Ok(match live::run_eta(&live::RunEtaInput { waiting, running, finished_walls, agents }) {
-        live::RunEta::Nothing => String::new(),
-        live::RunEta::Known { secs, basis } => format!("eta: ~{} (based on {basis})\n", live::human_secs(secs)),
-        live::RunEta::Unknown(why) => format!("eta: — ({why})\n"),
-    })
+    let running = running.iter().map(|r| r.eta_seconds).collect();
+    Ok(live::run_eta(&live::RunEtaInput { waiting, running, finished_walls, agents }))
 }
 
 /// Why `status --watch` stops, once it should: the run finished, or it was cancelled
@@ -772,7 +839,24 @@ pub async fn compare(
     format: Format,
 ) -> Result<String> {
     let (all, described) = pooled_results(store, runs, metric, "compare").await?;
-    let with_results = render::models_with_results(&all);
+    let (baseline, rows) = comparison(&all, baseline, metric, &described)?;
+    if format == Format::Json {
+        return Ok(serde_json::to_string_pretty(&rows)?);
+    }
+    render_comparison(baseline, &rows, format)
+}
+
+/// The rows of `compare` (one JSON object per model × task, as `--format json` prints
+/// them) for pooled `all` (described as `described` in errors), and the baseline model
+/// they are against: the one asked for, which must have a succeeded result, else the
+/// first model with one.
+pub fn comparison(
+    all: &[ShardResult],
+    baseline: Option<ModelId>,
+    metric: Option<&str>,
+    described: &str,
+) -> Result<(ModelId, Vec<serde_json::Value>)> {
+    let with_results = render::models_with_results(all);
     let baseline = match baseline {
         Some(b) if with_results.contains(&b) => Some(b),
         Some(b) => bail!(
@@ -786,7 +870,7 @@ pub async fn compare(
         // The first model that has something to compare against.
         None => with_results.first().copied(),
     };
-    let aggs = render::aggregate_by(&all, metric);
+    let aggs = render::aggregate_by(all, metric);
     let tasks: Vec<TaskId> = {
         let mut t: Vec<TaskId> = aggs.iter().map(|a| a.task).collect();
         t.dedup();
@@ -821,9 +905,11 @@ pub async fn compare(
             }));
         }
     }
-    if format == Format::Json {
-        return Ok(serde_json::to_string_pretty(&rows)?);
-    }
+    Ok((baseline, rows))
+}
+
+/// `compare`'s rows as a table, CSV or Markdown.
+fn render_comparison(baseline: ModelId, rows: &[serde_json::Value], format: Format) -> Result<String> {
     let headers = [
         "task",
         "model",
@@ -855,14 +941,14 @@ pub async fn compare(
     match format {
         Format::Csv => {
             let mut out = format!("{}\n", headers.join(","));
-            for r in &rows {
+            for r in rows {
                 out.push_str(&format!("{}\n", fmt_row(r).join(",")));
             }
             Ok(out)
         }
         Format::Markdown => {
             let mut out = format!("| {} |\n|{}\n", headers.join(" | "), "---|".repeat(headers.len()));
-            for r in &rows {
+            for r in rows {
                 out.push_str(&format!("| {} |\n", fmt_row(r).join(" | ")));
             }
             Ok(out)
@@ -870,7 +956,7 @@ pub async fn compare(
         _ => {
             let mut t = Table::new();
             t.load_preset(presets::UTF8_FULL_CONDENSED).set_header(headers.to_vec());
-            for r in &rows {
+            for r in rows {
                 t.add_row(fmt_row(r));
             }
             Ok(format!("{t}\n"))

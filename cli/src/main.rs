@@ -175,6 +175,11 @@ enum Command {
         #[command(flatten)]
         from: FleetOnly,
     },
+    /// Serve a read-only web dashboard of the fleet (or, with --local, of the runs
+    /// `submit --local` kept): runs with progress and ETA, each run's shards, live loss
+    /// and dev-metric curves, results and comparison, figures; agents, queues and dead
+    /// letters. Also `GET /metrics` for Prometheus (run, shard, queue and agent gauges).
+    Dashboard(DashboardArgs),
     /// The scale presets.
     Scales {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -254,6 +259,29 @@ struct SubmitArgs {
     /// errors, the results and the run id print (for scripts).
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct DashboardArgs {
+    /// Address to serve on. Anything but loopback requires a token.
+    #[arg(long, value_name = "ADDR", default_value = cli::dashboard::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// File whose first line is the access token (at least 16 characters). Open the
+    /// dashboard once as http://HOST:PORT/?token=TOKEN (a cookie keeps it), or send
+    /// `Authorization: Bearer TOKEN` (Prometheus: `authorization` in the scrape config).
+    /// Or the token itself in QSCHED_DASHBOARD_TOKEN (never as an argument, where the
+    /// process list would show it).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Link each shard to its trace: a URL with `{trace_id}`, e.g.
+    /// http://localhost:16686/trace/{trace_id} (Jaeger).
+    #[arg(long, value_name = "TEMPLATE", env = "QSCHED_TRACE_URL")]
+    trace_url: Option<String>,
+    /// Seconds between the page's refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    refresh: u64,
+    #[command(flatten)]
+    from: StoreChoice,
 }
 
 fn main() -> ExitCode {
@@ -448,12 +476,64 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", commands::dead_letters(&store, &broker, limit).await?);
             Ok(())
         }
+        Command::Dashboard(args) => dashboard(&conn, args).await,
         Command::Scales { format } => {
             print!("{}", commands::scales(format)?);
             Ok(())
         }
         Command::Worker | Command::Completions { .. } => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// `qsched dashboard`: binds, says where, serves until Ctrl-C or SIGTERM.
+async fn dashboard(conn: &Conn, args: DashboardArgs) -> Result<()> {
+    use cli::dashboard::{self, Source, access::Access, views::TraceLinks};
+    let from_env = std::env::var("QSCHED_DASHBOARD_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = match (&args.token_file, from_env) {
+        (Some(_), Some(_)) => {
+            bail!("the dashboard token is given twice: --token-file and QSCHED_DASHBOARD_TOKEN; keep one")
+        }
+        (Some(file), None) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", file.display()))?;
+            Some(text.lines().next().unwrap_or("").to_owned())
+        }
+        (None, token) => token,
+    };
+    let config = dashboard::Config {
+        listen: args.listen,
+        access: Access::new(args.listen, token)?,
+        traces: TraceLinks::new(args.trace_url)?,
+        refresh_secs: args.refresh,
+    };
+    let source = if args.from.local {
+        let path = local_store_path(args.from.local_store.as_deref())?;
+        // Reading never creates the file: open it once now so a wrong path fails here.
+        drop(LocalStore::open(&path)?);
+        Source::Local { path }
+    } else {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+            store(conn)
+                .await
+                .map_err(|e| e.context("cannot read Redis (the runs of `submit --local` are served with --local)"))?,
+        );
+        let for_broker = conn.clone();
+        Source::Fleet {
+            store,
+            connect: Box::new(move || {
+                let conn = for_broker.clone();
+                Box::pin(async move {
+                    let b: std::sync::Arc<dyn shared::broker::Broker> = std::sync::Arc::new(broker(&conn).await?);
+                    Ok(b)
+                })
+            }),
+            described: format!("Redis, prefix {}", conn.prefix),
+        }
+    };
+    let server = dashboard::Dashboard::bind(config, source).await?;
+    let address = server.local_addr();
+    eprintln!("qsched dashboard at http://{address}/ (Ctrl-C stops it)");
+    server.run(shared::shutdown::signal()).await
 }
 
 /// The files a plot command wrote, one path a line on stdout; what it skipped on stderr.

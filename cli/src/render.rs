@@ -169,11 +169,6 @@ pub struct Aggregate {
     pub seeds: Vec<u64>,
 }
 
-/// Groups results by model × task, summarising each shard's primary metric.
-pub fn aggregate(results: &[ShardResult]) -> Vec<Aggregate> {
-    aggregate_by(results, None)
-}
-
 /// Groups results by model × task, summarising `metric` (default: the primary metric).
 pub fn aggregate_by(results: &[ShardResult], metric: Option<&str>) -> Vec<Aggregate> {
     let mut order: Vec<(ModelId, TaskId)> = Vec::new();
@@ -562,7 +557,7 @@ pub(crate) mod tests {
             result(ModelId::RevQwen3, 1, Some(0.7)),
             result(ModelId::Qwen3Ckpt, 1, Some(0.75)),
         ];
-        let a = aggregate(&rs);
+        let a = aggregate_by(&rs, None);
         assert_eq!(a.len(), 3);
         assert_eq!(a[0].model, ModelId::Qwen3);
         // qwen3-ckpt is its own row, between qwen3 and rev-qwen3 (ModelId order).

@@ -14,6 +14,7 @@
 //! - [`endpoints`]: the connection flags (URLs, URL files, CA files) of `qsched` and `qagent`.
 //! - [`secrets`]: credential-bearing URLs read from files and redacted for display.
 //! - [`tls`]: the CA bundle trusted for `amqps://` and `rediss://` connections.
+//! - [`shutdown`]: the signals that stop a long-running process.
 //! - [`telemetry`]: tracing setup, OTLP export and W3C trace-context propagation.
 //!
 //! This crate never links libtorch.
@@ -33,6 +34,7 @@ pub mod redis_store;
 pub mod scale;
 pub mod secrets;
 pub mod shard;
+pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod telemetry;

@@ -648,19 +648,7 @@ mod tests {
             store.append_metrics("r1", "s1", &[conformance::point(1), conformance::point(2)]).await.unwrap();
             store.incr_attempt("r1", "s2").await.unwrap();
             store.cancel("r1").await.unwrap();
-            let beat = AgentHeartbeat {
-                agent: "a".into(),
-                host: "h".into(),
-                device: "cpu".into(),
-                gpu_name: None,
-                current: None,
-                step: None,
-                total_steps: None,
-                progress_at: None,
-                started_at: 0.0,
-                at: 0.0,
-                shards_done: 0,
-            };
+            let beat = AgentHeartbeat::sample("a", 0.0);
             store.heartbeat(&beat, Duration::from_secs(60)).await.unwrap();
             assert_eq!(store.agents().await.unwrap().len(), 1);
         }

@@ -417,18 +417,7 @@ fn glob_escape(s: &str) -> String {
 }
 
 fn terminal_states() -> impl Iterator<Item = &'static str> {
-    [
-        ShardState::Unpublished,
-        ShardState::Queued,
-        ShardState::Running,
-        ShardState::Succeeded,
-        ShardState::Failed,
-        ShardState::Cancelled,
-        ShardState::Dead,
-    ]
-    .into_iter()
-    .filter(|s| s.is_terminal())
-    .map(ShardState::as_str)
+    ShardState::ALL.into_iter().filter(|s| s.is_terminal()).map(ShardState::as_str)
 }
 
 #[async_trait]

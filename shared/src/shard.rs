@@ -102,6 +102,17 @@ pub enum ShardState {
 }
 
 impl ShardState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ShardState; 7] = [
+        ShardState::Unpublished,
+        ShardState::Queued,
+        ShardState::Running,
+        ShardState::Succeeded,
+        ShardState::Failed,
+        ShardState::Cancelled,
+        ShardState::Dead,
+    ];
+
     /// True once the shard will not change again (unless retried).
     pub fn is_terminal(self) -> bool {
         matches!(self, ShardState::Succeeded | ShardState::Failed | ShardState::Cancelled | ShardState::Dead)
@@ -302,6 +313,25 @@ impl RunRecord {
                 })
                 .collect(),
             traceparent: None,
+        }
+    }
+}
+
+impl AgentHeartbeat {
+    /// The heartbeat at `at` of an idle CPU agent named `agent` that started then.
+    pub fn sample(agent: &str, at: f64) -> AgentHeartbeat {
+        AgentHeartbeat {
+            agent: agent.to_owned(),
+            host: "h".to_owned(),
+            device: "cpu".to_owned(),
+            gpu_name: None,
+            current: None,
+            step: None,
+            total_steps: None,
+            progress_at: None,
+            started_at: at,
+            at,
+            shards_done: 0,
         }
     }
 }

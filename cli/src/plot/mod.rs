@@ -174,6 +174,19 @@ pub async fn plot_runs(
     out: &Path,
     formats: &[ImageFormat],
 ) -> Result<Plotted> {
+    let (figures, skipped) = figures_of_runs(store, runs, metric).await?;
+    let written = write_figures(&figures, out, formats)?;
+    Ok(Plotted { written, skipped })
+}
+
+/// The figures of `runs` (pooled and checked as `compare` pools them) and one line per
+/// figure left out for want of data; no figure at all is an error. `qsched plot` writes
+/// them to files, the dashboard serves them.
+pub async fn figures_of_runs(
+    store: &dyn Store,
+    runs: &[String],
+    metric: Option<&str>,
+) -> Result<(Vec<Figure>, Vec<String>)> {
     let (results, described) = commands::pooled_results(store, runs, metric, "plot").await?;
     let mut streams = prep::Streams::new();
     for r in results.iter().filter(|r| r.status == ShardState::Succeeded) {
@@ -184,8 +197,7 @@ pub async fn plot_runs(
     if figures.is_empty() {
         bail!("nothing to plot in {described}: {}", skipped.join("; "));
     }
-    let written = write_figures(&figures, out, formats)?;
-    Ok(Plotted { written, skipped })
+    Ok((figures, skipped))
 }
 
 /// `qsched plot-json FILE… --out DIR`: the figures of curve files (see [`curves`]).
