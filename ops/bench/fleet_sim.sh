@@ -101,7 +101,8 @@ tasks=sst2,cola,mrpc,rte
 
 run_fleet() {  # run_fleet AGENTS -> one JSON line on stdout
   local n=$1 prefix="$TAG-a$1" sim_out="$OUT/logs/sim-$1.jsonl" load0 load1 ready_by b0 b1 b2 s1 s2
-  prefixes+=("$prefix")
+  # This runs in a subshell (the pipe below): stop its simulation when it exits early.
+  trap 'if [ -n "$SIM_PID" ]; then kill "$SIM_PID" 2>/dev/null || true; fi' EXIT
   load0=$(cut -d' ' -f1-3 /proc/loadavg)
   b0=$(cpu_seconds "$BROKER_PID")
   RUST_LOG=${RUST_LOG:-warn} "$QBENCH_BIN" fleet-sim --agents "$n" --shards "$SHARDS" --prefix "$prefix" \
@@ -144,6 +145,9 @@ EOF
 
 echo "fleet_sim: tag $TAG, $SHARDS shards, 1 then $AGENTS agents, Redis on port $REDIS_PORT, results in $OUT" >&2
 for n in 1 "$AGENTS"; do
+  # Noted here, not in run_fleet: that runs in a subshell (the pipe), whose variables the
+  # clean-up on exit would not see.
+  prefixes+=("$TAG-a$n")
   run_fleet "$n" | tee -a "$OUT/fleet_sim.jsonl" >&2
 done
 
