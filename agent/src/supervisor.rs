@@ -1042,6 +1042,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_noop_executor_stores_before_acking_and_honours_a_cancelled_run() {
+        let broker = MemoryBroker::default();
+        let store = Arc::new(MemoryStore::new());
+        let journal = Arc::new(crate::sim::Journal::default());
+        let mut cfg = AgentConfig::new(DeviceSpec::Cpu, PathBuf::from("/nonexistent")).unwrap();
+        cfg.max_shards = Some(3);
+        cfg.executor = Executor::NoOp(crate::sim::NoOpExecutor { delay: Duration::ZERO, journal: journal.clone() });
+        let mut shards = Vec::new();
+        for (seed, run) in [(1, "r-live"), (2, "r-live"), (3, "r-cancelled")] {
+            let mut shard = shared::wire::sample_shard();
+            shard.seed = seed;
+            shard.run_id = shared::RunId::new(run).unwrap();
+            shard.shard_id = shard.content_id();
+            shards.push(shard);
+        }
+        store.cancel("r-cancelled").await.unwrap();
+        let messages = shards
+            .iter()
+            .map(|s| OutgoingMessage {
+                class: DeviceClass::Cpu,
+                message_id: format!("{}:{}", s.run_id, s.shard_id),
+                body: wire::encode_shard(s).unwrap(),
+                headers: BTreeMap::new(),
+            })
+            .collect();
+        broker.publish(messages).await.unwrap();
+        let stats = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(cfg, Arc::new(broker.clone()), store.clone(), std::future::pending()),
+        )
+        .await
+        .expect("agent stopped in time")
+        .unwrap();
+        assert_eq!(stats.finished, 3);
+        assert_eq!(broker.outstanding(), 0, "every delivery acked");
+        let live = store.results("r-live").await.unwrap();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|r| r.status == ShardState::Succeeded && r.config["executor"] == "no-op"));
+        // The cancelled run's shard never reached the executor.
+        let cancelled = store.results("r-cancelled").await.unwrap();
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(cancelled[0].status, ShardState::Cancelled);
+        let ran = journal.executions_per_shard();
+        assert_eq!(ran.len(), 2);
+        assert!(ran.keys().all(|k| k.starts_with("r-live:")) && ran.values().all(|&n| n == 1));
+    }
+
+    #[tokio::test]
     async fn reconnects_after_losing_the_consumer_and_acks_finished_redeliveries() {
         let inner = MemoryBroker::default();
         let store = Arc::new(MemoryStore::new());
