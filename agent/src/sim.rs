@@ -570,6 +570,12 @@ pub async fn run_fleet(
     let connect_seconds = connect_started.elapsed().as_secs_f64();
     info!(agents = agents.len(), connect_seconds, "simulated agents connected");
 
+    // Declared once before the agents start, as on a fleet whose queues exist: RabbitMQ
+    // 3.10 answers some of many connections that declare a new quorum queue at the same
+    // moment and consume from it with INTERNAL_ERROR, which stops those agents.
+    if let Some(first) = agents.first() {
+        first.amqp.declare().await?;
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut amqps = Vec::with_capacity(agents.len());
     let mut tasks = Vec::with_capacity(agents.len());
@@ -585,7 +591,9 @@ pub async fn run_fleet(
 
     let deadline = tokio::time::Instant::now() + cfg.time_limit;
     let mut timed_out = false;
-    while journal.consumers() < cfg.agents {
+    // An agent that stopped already (its consume failed) will never consume: go on, and
+    // let the report count it as failed rather than waiting out the time limit.
+    while journal.consumers() < cfg.agents && !tasks.iter().any(|t| t.is_finished()) {
         if tokio::time::Instant::now() >= deadline {
             timed_out = true;
             break;
