@@ -15,6 +15,9 @@ mod redis;
 // qsched and qagent refuse bad input with clear errors and enqueue nothing.
 mod cli;
 
+// Simulated agents (the real consume loop, a no-op executor): every shard handled once.
+mod sim;
+
 // Two qagent processes finish every shard exactly once, even when one is killed mid-shard.
 mod fleet;
 

@@ -99,6 +99,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The fleet simulation could not run or measure (`qbench fleet-sim`).
+    #[error("simulation: {0}")]
+    Simulation(String),
     /// An error from the shared crate (spec, codec, broker, store).
     #[error(transparent)]
     Shared(#[from] shared::Error),
@@ -137,6 +140,7 @@ impl Error {
             | Error::Diverged(_)
             | Error::Refused(_)
             | Error::MetricsEndpoint { .. }
+            | Error::Simulation(_)
             | Error::Cancelled => false,
         }
     }

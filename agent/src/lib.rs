@@ -10,6 +10,7 @@
 //! - `inspect`: `qagent inspect`, checking a Hugging Face checkpoint.
 //! - `exporter`: the Prometheus metrics of `qagent --metrics-listen` and their endpoint.
 //! - `bench`: the `qbench` harness (Qwen3 depth sweep, zeroth-order OPT figure).
+//! - `sim`: simulated agents (the real consume loop, a no-op executor) for `qbench fleet-sim`.
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod metrics;
 pub mod models;
 pub mod protocol;
+pub mod sim;
 pub mod supervisor;
 pub mod train;
 pub mod worker;

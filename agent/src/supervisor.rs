@@ -18,6 +18,10 @@
 //!
 //! Everything here is I/O on the tokio runtime; training happens in the worker process,
 //! so AMQP heartbeats and Redis writes are never starved by a long step.
+//!
+//! What runs a shard is an [`Executor`]: the worker process in production, or a no-op that
+//! trains nothing ([`crate::sim`]), so that a scale simulation of dispatch goes through this
+//! very loop (decode, skip-if-stored, cancel check, store before ack) and not a copy of it.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -93,6 +97,20 @@ pub struct AgentConfig {
     pub max_shards: Option<u64>,
     /// Where the agent records its Prometheus metrics (served by `--metrics-listen`).
     pub metrics: AgentMetrics,
+    /// What runs a shard once it is taken (a worker process unless simulating).
+    pub executor: Executor,
+}
+
+/// What runs a shard after the supervisor has decoded it, found no earlier result, checked
+/// the cancel flag, counted the attempt and marked the shard running.
+#[derive(Debug, Clone, Default)]
+pub enum Executor {
+    /// A worker process per shard, started from [`AgentConfig::worker_command`].
+    #[default]
+    Process,
+    /// Trains nothing: the shard succeeds after the executor's delay (dispatch benchmarks
+    /// and tests of the consume path at fleet scale).
+    NoOp(crate::sim::NoOpExecutor),
 }
 
 impl AgentConfig {
@@ -119,6 +137,7 @@ impl AgentConfig {
             host,
             max_shards: None,
             metrics: AgentMetrics::new(),
+            executor: Executor::Process,
         })
     }
 }
@@ -545,8 +564,14 @@ async fn process_shard(
         traceparent: traceparent.clone(),
         attempt,
     };
-    let ended = run_worker(cfg, store, live, &request, shutdown).await;
-    cfg.metrics.worker_ended();
+    let ended = match &cfg.executor {
+        Executor::Process => {
+            let ended = run_worker(cfg, store, live, &request, shutdown).await;
+            cfg.metrics.worker_ended();
+            ended
+        }
+        Executor::NoOp(noop) => run_noop(cfg, store, noop, &request, shutdown).await,
+    };
     {
         let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
         l.current = None;
@@ -794,6 +819,39 @@ async fn run_worker(
     WorkerEnd::Failed { message: format!("worker {how} without reporting a result"), retryable: true }
 }
 
+/// The no-op executor: records that it ran the shard, then waits its delay the way a
+/// worker runs (a cancelled run or a shutdown ends the wait), and reports a success with
+/// zero steps. Nothing here touches the store beyond the cancel polls a worker would get.
+async fn run_noop(
+    cfg: &AgentConfig,
+    store: &dyn Store,
+    noop: &crate::sim::NoOpExecutor,
+    request: &WorkerRequest,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> WorkerEnd {
+    let shard = &request.shard;
+    noop.journal.executed(&cfg.agent_id, &shard.run_id, &shard.shard_id);
+    if !noop.delay.is_zero() {
+        let done = tokio::time::sleep(noop.delay);
+        tokio::pin!(done);
+        let mut cancel_tick = tokio::time::interval(cfg.cancel_poll);
+        // The first tick is immediate; the supervisor has just read the flag.
+        cancel_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut *shutdown => return WorkerEnd::Shutdown,
+                _ = &mut done => break,
+                _ = cancel_tick.tick() => match store.is_cancelled(&shard.run_id).await {
+                    Ok(true) => return WorkerEnd::Cancelled,
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cancel flag not readable"),
+                },
+            }
+        }
+    }
+    WorkerEnd::Finished(Box::new(crate::sim::noop_outcome(cfg, shard, noop.delay)))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn relay_metrics(
     cfg: &AgentConfig,
@@ -981,6 +1039,54 @@ mod tests {
         async fn take_dead_letter_notices(&self, max: usize) -> SharedResult<Vec<DeadLetter>> {
             self.inner.take_dead_letter_notices(max).await
         }
+    }
+
+    #[tokio::test]
+    async fn the_noop_executor_stores_before_acking_and_honours_a_cancelled_run() {
+        let broker = MemoryBroker::default();
+        let store = Arc::new(MemoryStore::new());
+        let journal = Arc::new(crate::sim::Journal::default());
+        let mut cfg = AgentConfig::new(DeviceSpec::Cpu, PathBuf::from("/nonexistent")).unwrap();
+        cfg.max_shards = Some(3);
+        cfg.executor = Executor::NoOp(crate::sim::NoOpExecutor { delay: Duration::ZERO, journal: journal.clone() });
+        let mut shards = Vec::new();
+        for (seed, run) in [(1, "r-live"), (2, "r-live"), (3, "r-cancelled")] {
+            let mut shard = shared::wire::sample_shard();
+            shard.seed = seed;
+            shard.run_id = shared::RunId::new(run).unwrap();
+            shard.shard_id = shard.content_id();
+            shards.push(shard);
+        }
+        store.cancel("r-cancelled").await.unwrap();
+        let messages = shards
+            .iter()
+            .map(|s| OutgoingMessage {
+                class: DeviceClass::Cpu,
+                message_id: format!("{}:{}", s.run_id, s.shard_id),
+                body: wire::encode_shard(s).unwrap(),
+                headers: BTreeMap::new(),
+            })
+            .collect();
+        broker.publish(messages).await.unwrap();
+        let stats = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(cfg, Arc::new(broker.clone()), store.clone(), std::future::pending()),
+        )
+        .await
+        .expect("agent stopped in time")
+        .unwrap();
+        assert_eq!(stats.finished, 3);
+        assert_eq!(broker.outstanding(), 0, "every delivery acked");
+        let live = store.results("r-live").await.unwrap();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|r| r.status == ShardState::Succeeded && r.config["executor"] == "no-op"));
+        // The cancelled run's shard never reached the executor.
+        let cancelled = store.results("r-cancelled").await.unwrap();
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(cancelled[0].status, ShardState::Cancelled);
+        let ran = journal.executions_per_shard();
+        assert_eq!(ran.len(), 2);
+        assert!(ran.keys().all(|k| k.starts_with("r-live:")) && ran.values().all(|&n| n == 1));
     }
 
     #[tokio::test]

@@ -67,7 +67,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::broker::{Acker, Broker, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER};
-use crate::broker::{ShardConsumer, invalid_url};
+use crate::broker::{PUBLISHED_AT_HEADER, ShardConsumer, invalid_url};
 use crate::device::DeviceClass;
 use crate::error::{Error, Result};
 use crate::secrets::{redact_url, scrub_secrets};
@@ -490,7 +490,7 @@ impl AmqpBroker {
                 .with_content_type(CONTENT_TYPE.into())
                 .with_app_id("qsched".into())
                 .with_timestamp(crate::shard::unix_now() as u64)
-                .with_headers(header_table(item.headers, item.extra_header)?);
+                .with_headers(stamped(header_table(item.headers, item.extra_header)?));
             if let Some(id) = item.message_id {
                 props = props.with_message_id(short(id)?);
             }
@@ -982,6 +982,13 @@ fn header_table(headers: &BTreeMap<String, String>, extra: Option<(&str, &str)>)
         table.insert(short(k)?, AMQPValue::LongString(LongString::from(v)));
     }
     Ok(table)
+}
+
+/// Sets [`PUBLISHED_AT_HEADER`] to now (replacing the one a republished message carried).
+fn stamped(mut table: FieldTable) -> FieldTable {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    table.insert(PUBLISHED_AT_HEADER.into(), AMQPValue::LongString(LongString::from(ms.to_string())));
+    table
 }
 
 /// The string-valued headers of a message (trace context, run id, reason); broker-added

@@ -25,6 +25,10 @@ use crate::error::{Error, Result};
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Header with the dead-letter reason when an agent dead-letters a message itself.
 pub const REASON_HEADER: &str = "x-qsched-reason";
+/// Header with the publish time in Unix milliseconds, set by [`crate::amqp::AmqpBroker`] on
+/// every message: the AMQP `timestamp` property has whole seconds only, too coarse for
+/// the time a shard waits between publish and an agent taking it.
+pub const PUBLISHED_AT_HEADER: &str = "x-qsched-published-ms";
 /// Default number of failed deliveries before a message is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 3;
 
@@ -104,6 +108,13 @@ impl Delivery {
         acker: Box<dyn Acker>,
     ) -> Self {
         Delivery { body, headers, message_id, redelivered, delivery_count, acker }
+    }
+
+    /// When the message was published (Unix seconds, millisecond resolution), from
+    /// [`PUBLISHED_AT_HEADER`]; `None` when the publisher did not set it.
+    pub fn published_at(&self) -> Option<f64> {
+        let ms: u64 = self.headers.get(PUBLISHED_AT_HEADER)?.parse().ok()?;
+        Some(ms as f64 / 1000.0)
     }
 
     /// Acknowledge: the shard's outcome is stored.

@@ -7,7 +7,14 @@
 //!                    [--precision fp32|bf16] [--weights fp32|fp16] [--steps 5 --warmup 2] ...
 //! qbench rev-grad-error --device cpu|cuda:N --data-dir DIR [--depths 2,4,8,12,28] [--batch 4 --seq 512]
 //!                    [--precisions fp32,bf16] [--train-steps 0] [--hidden 1024 ...] [--seed 0]
+//! qbench fleet-sim   --agents 500 --shards 5000 --time-limit 300 --prefix P [--amqp URL] [--redis URL]
+//!                    [--idle 15] [--delay-ms 0] [--heartbeat-secs 5] [--command-stats]
 //! ```
+//!
+//! `fleet-sim` runs simulated agents (the real consume loop, a no-op instead of training;
+//! `agent::sim`), prints `{"event":"ready",...}` once they all consume (publish the shards
+//! then, e.g. with `qsched submit --prefix P`) and one report line when the shards are
+//! acked or the time limit passes (ops/bench/fleet_sim.sh, BENCHMARKS.md §7).
 //!
 //! Defaults are the `large` preset's shapes (Qwen3-0.6B, OPT-1.3b). Prints one JSON object
 //! per measurement on stdout (flushed as it is measured); logs go to stderr. Exits 1 when
@@ -61,6 +68,103 @@ enum Command {
     /// Reversible Qwen3: per-parameter-group gradient error of the reconstruction
     /// backward and of plain autograd against fp64 autograd, over depth and precision.
     RevGradError(RevGradError),
+    /// Dispatch at fleet scale: simulated agents, each with its own broker and Redis
+    /// connection, take no-op shards through the real consume → store → ack path.
+    FleetSim(FleetSim),
+}
+
+#[derive(Args, Debug)]
+struct FleetSim {
+    /// Simulated agents (each opens one AMQP and one Redis connection).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    agents: u32,
+    /// Shards to wait for: the run ends once this many distinct shards are acked.
+    #[arg(long, required_unless_present = "delete_only")]
+    shards: Option<usize>,
+    /// Seconds the simulation may take once the agents are connected (it stops then,
+    /// reporting `timed_out`).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    time_limit: u64,
+    /// Queue and key prefix of the shards (the one `qsched submit --prefix` uses).
+    #[arg(long)]
+    prefix: String,
+    #[command(flatten)]
+    endpoints: shared::endpoints::Endpoints,
+    /// Seconds of heartbeats only, before `ready`, over which Redis commands per heartbeat
+    /// are measured (0 skips it).
+    #[arg(long, default_value_t = 15)]
+    idle: u64,
+    /// Milliseconds each no-op shard takes.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Heartbeat period of every agent.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_secs: u64,
+    /// Read `INFO commandstats` at the phase boundaries: server-wide figures, so only on
+    /// a Redis that nothing else uses.
+    #[arg(long)]
+    command_stats: bool,
+    /// Connections opened at once while starting.
+    #[arg(long, default_value_t = agent::sim::DEFAULT_CONNECT_PARALLELISM)]
+    connect_parallelism: usize,
+    /// Tokio worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
+    /// Run nothing: delete the prefix's queues, exchanges and Redis keys (a benchmark's
+    /// clean-up).
+    #[arg(long)]
+    delete_only: bool,
+}
+
+fn fleet_sim(cmd: FleetSim) -> agent::Result<bench::Outcome> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cmd.worker_threads > 0 {
+        builder.worker_threads(cmd.worker_threads);
+    }
+    let runtime = builder.enable_all().build().map_err(|e| agent::Error::io("<tokio runtime>", e))?;
+    runtime.block_on(fleet_sim_on(cmd))
+}
+
+async fn fleet_sim_on(cmd: FleetSim) -> agent::Result<bench::Outcome> {
+    if cmd.delete_only {
+        let amqp = shared::amqp::AmqpBroker::connect(cmd.endpoints.amqp_config(&cmd.prefix)?).await?;
+        amqp.delete_topology().await?;
+        amqp.close().await?;
+        let store = shared::redis_store::RedisStore::connect_with(cmd.endpoints.redis_config(&cmd.prefix)?).await?;
+        let keys = store.delete_prefix().await?;
+        print(&serde_json::json!({ "event": "deleted", "prefix": cmd.prefix, "redis_keys": keys }))?;
+        return Ok(bench::Outcome { measured: 0, failed: 0 });
+    }
+    let cfg = agent::sim::FleetSimConfig {
+        agents: cmd.agents as usize,
+        shards: cmd.shards.unwrap_or(0),
+        time_limit: std::time::Duration::from_secs(cmd.time_limit),
+        idle: std::time::Duration::from_secs(cmd.idle),
+        delay: std::time::Duration::from_millis(cmd.delay_ms),
+        heartbeat_interval: std::time::Duration::from_secs(cmd.heartbeat_secs),
+        amqp: cmd.endpoints.amqp_config(&cmd.prefix)?,
+        redis: cmd.endpoints.redis_config(&cmd.prefix)?,
+        command_stats: cmd.command_stats,
+        connect_parallelism: cmd.connect_parallelism,
+    };
+    let (ready, on_ready) = tokio::sync::oneshot::channel();
+    // The ready line is printed as soon as it is known, while the fleet runs on.
+    let announce = tokio::spawn(async move {
+        match on_ready.await {
+            Ok(r) => print(&serde_json::json!({ "event": "ready", "ready": r })),
+            Err(_) => Ok(()),
+        }
+    });
+    let journal = std::sync::Arc::new(agent::sim::Journal::default());
+    let report = agent::sim::run_fleet(cfg, journal, ready).await?;
+    match announce.await {
+        Ok(r) => r?,
+        Err(e) => return Err(agent::Error::Simulation(format!("printing the ready line: {e}"))),
+    }
+    print(&serde_json::json!({ "event": "report", "report": report }))?;
+    // A run that did not finish, lost an agent or ran a shard twice is a failed measurement.
+    let failed = report.timed_out || report.agent_stats.failed_agents > 0 || report.shards_run_twice > 0;
+    Ok(bench::Outcome { measured: 1, failed: usize::from(failed) })
 }
 
 // Flag defaults are read from the library's `Default` impls, the one place they are set.
@@ -328,6 +432,7 @@ fn run(cli: Cli) -> agent::Result<bench::Outcome> {
             let pinned = agent::device::pin(cmd.device)?;
             bench::run_rev_grad_error(&pinned, &cmd.into_args(), &mut print)
         }
+        Command::FleetSim(cmd) => fleet_sim(cmd),
     }
 }
 
