@@ -161,6 +161,38 @@ fn local_mode_exits_3_when_a_shard_fails() {
     assert!(stderr.contains(&line), "{stderr}");
 }
 
+/// The workers of `submit --local` log at qsched's level (warnings by default) and their
+/// lines reach qsched's stderr through the agent, which forwards them line by line (to be
+/// printed above the progress bar): with `RUST_LOG=info` every worker's lines are there,
+/// whole; without it, none of the info lines.
+#[test]
+fn local_workers_log_through_qsched_at_its_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(bin("qsched"));
+        cmd.args(["submit", "--local", "--models", "qwen3", "--tasks", "sst2", "--seeds", "1,2", "--threads", "1"])
+            .args(["--set", "first_order.max_steps=2", "--set", "first_order.eval_every=2", "--data-dir"])
+            .arg(data_dir())
+            .env("QSCHED_LOCAL_STORE", dir.path().join("local.redb"))
+            .env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stderr
+    };
+    let stderr = run(Some("info"));
+    let pinned: Vec<&str> = stderr.lines().filter(|l| l.contains("worker pinned")).collect();
+    assert_eq!(pinned.len(), 2, "one line per worker:\n{stderr}");
+    assert!(pinned.iter().all(|l| l.contains("INFO") && l.contains("threads=1")), "{stderr}");
+    assert!(stderr.contains("placement audit passed"), "{stderr}");
+    let stderr = run(None);
+    assert!(!stderr.contains("worker pinned") && !stderr.contains("INFO"), "{stderr}");
+    assert!(stderr.contains("2 shard(s) on 1 local agent(s)"), "{stderr}");
+}
+
 /// `submit --local` keeps its run in the embedded store: `results`, `status`, `compare`,
 /// `plot` and `runs` read it back with `--local` while Redis and RabbitMQ are unreachable
 /// (port 1), and without `--local` nothing falls back to the file.
@@ -482,12 +514,13 @@ async fn agents_and_scales_honour_every_format() {
     assert!(table.contains("large") && table.contains('│'), "{table}");
     assert!(table.lines().all(|l| l.chars().count() <= 120), "{table}");
     let csv = run(&["scales", "--format", "csv"]);
-    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert_eq!(csv.lines().count(), 6, "{csv}");
     assert!(csv.lines().nth(1).unwrap().starts_with("tiny,cpu,\"2 × 64, 4/2 × 16, 192\","), "{csv}");
+    assert!(csv.lines().nth(2).unwrap().starts_with("demo,cpu,\"2 × 64, 4/2 × 16, 192\","), "{csv}");
     let md = run(&["scales", "--format", "markdown"]);
     assert!(md.starts_with("| scale | device |") && md.contains("\n| large | cuda |"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&run(&["scales", "--format", "json"])).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 4);
+    assert_eq!(json.as_array().unwrap().len(), 5);
 }
 
 #[test]

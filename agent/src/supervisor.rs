@@ -30,8 +30,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use shared::broker::{Broker, Delivery};
@@ -99,6 +100,8 @@ pub struct AgentConfig {
     pub metrics: AgentMetrics,
     /// What runs a shard once it is taken (a worker process unless simulating).
     pub executor: Executor,
+    /// Where each worker's log lines (its stderr) go.
+    pub worker_stderr: WorkerStderr,
 }
 
 /// What runs a shard after the supervisor has decoded it, found no earlier result, checked
@@ -111,6 +114,27 @@ pub enum Executor {
     /// Trains nothing: the shard succeeds after the executor's delay (dispatch benchmarks
     /// and tests of the consume path at fleet scale).
     NoOp(crate::sim::NoOpExecutor),
+}
+
+/// Where a worker's stderr, its log, goes.
+#[derive(Clone, Default)]
+pub enum WorkerStderr {
+    /// The agent's own stderr, written by the worker directly (`qagent`).
+    #[default]
+    Inherit,
+    /// Each line, without its newline, to this function. `qsched submit --local` prints
+    /// them above its progress bar: a worker writing to the terminal directly would
+    /// leave a copy of the bar behind on every line.
+    Lines(Arc<dyn Fn(&str) + Send + Sync>),
+}
+
+impl std::fmt::Debug for WorkerStderr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerStderr::Inherit => "Inherit",
+            WorkerStderr::Lines(_) => "Lines(..)",
+        })
+    }
 }
 
 impl AgentConfig {
@@ -138,6 +162,7 @@ impl AgentConfig {
             max_shards: None,
             metrics: AgentMetrics::new(),
             executor: Executor::Process,
+            worker_stderr: WorkerStderr::Inherit,
         })
     }
 }
@@ -685,19 +710,51 @@ async fn read_event(stdout: &mut ChildStdout) -> std::io::Result<Option<WorkerEv
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
-fn spawn_worker(cfg: &AgentConfig) -> Result<Child> {
+/// Starts a worker; with [`WorkerStderr::Lines`] also the task that forwards its stderr
+/// line by line (it ends when the worker's stderr closes).
+fn spawn_worker(cfg: &AgentConfig) -> Result<(Child, Option<JoinHandle<()>>)> {
     let (program, args) = cfg
         .worker_command
         .split_first()
         .ok_or_else(|| Error::Worker { message: "empty worker command".into(), retryable: false })?;
-    Command::new(program)
+    let stderr = match cfg.worker_stderr {
+        WorkerStderr::Inherit => std::process::Stdio::inherit(),
+        WorkerStderr::Lines(_) => std::process::Stdio::piped(),
+    };
+    let mut child = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Worker { message: format!("cannot start worker {program:?}: {e}"), retryable: false })
+        .map_err(|e| Error::Worker { message: format!("cannot start worker {program:?}: {e}"), retryable: false })?;
+    let forward = match (&cfg.worker_stderr, child.stderr.take()) {
+        (WorkerStderr::Lines(sink), Some(pipe)) => Some(tokio::spawn(forward_lines(pipe, sink.clone()))),
+        _ => None,
+    };
+    Ok((child, forward))
+}
+
+/// Hands each line of a worker's stderr to `sink` until the pipe closes. Bytes that are
+/// not UTF-8 are replaced rather than dropped: a log line is never lost to its encoding.
+async fn forward_lines(pipe: ChildStderr, sink: Arc<dyn Fn(&str) + Send + Sync>) {
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                sink(text.trim_end_matches(['\n', '\r']));
+            }
+            Err(e) => {
+                sink(&format!("(the worker's log could not be read further: {e})"));
+                return;
+            }
+        }
+    }
 }
 
 async fn run_worker(
@@ -708,7 +765,7 @@ async fn run_worker(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> WorkerEnd {
     let shard = &request.shard;
-    let mut child = match spawn_worker(cfg) {
+    let (mut child, forward) = match spawn_worker(cfg) {
         Ok(c) => c,
         Err(e) => return WorkerEnd::Failed { message: e.to_string(), retryable: e.is_retryable() },
     };
@@ -800,6 +857,12 @@ async fn run_worker(
     }
     drop(stdin);
     let status = child.wait().await;
+    // The worker's last log lines (a failure's reason among them) are out before its
+    // result is stored and shown. Bounded: a process the worker left behind could hold
+    // the pipe open.
+    if let Some(forward) = forward {
+        let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;
+    }
     if let Some(end) = reported {
         return end;
     }

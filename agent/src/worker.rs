@@ -80,8 +80,16 @@ pub mod exit {
     pub const ORPHANED: i32 = 3;
 }
 
-/// Runs the worker on this process's stdin/stdout and returns the exit code.
+/// Runs the worker on this process's stdin/stdout and returns the exit code; it logs at
+/// `info` unless `RUST_LOG` says otherwise (`qagent worker`).
 pub fn main_stdio() -> i32 {
+    main_stdio_logging("info")
+}
+
+/// [`main_stdio`] logging at `default_filter` when `RUST_LOG` is unset. `qsched`'s
+/// embedded workers pass `warn`, the level of `qsched` itself: a first local run shows
+/// its progress bar and results, not every evaluation of every shard.
+pub fn main_stdio_logging(default_filter: &str) -> i32 {
     let mut stdin = std::io::stdin().lock();
     let request: WorkerRequest = match read_frame(&mut stdin) {
         Ok(Some(r)) => r,
@@ -108,7 +116,7 @@ pub fn main_stdio() -> i32 {
             }
         }
     });
-    let telemetry = shared::telemetry::init("qagent-worker", "info");
+    let telemetry = shared::telemetry::init("qagent-worker", default_filter);
     let mut sink = FrameSink::new(std::io::stdout().lock());
     let event = match run(&request, &mut sink) {
         Ok(()) => None,

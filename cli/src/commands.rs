@@ -1048,7 +1048,7 @@ mod tests {
     #[test]
     fn scales_in_every_format() {
         let t = scales(Format::Table).unwrap();
-        for name in ["tiny", "small", "medium", "large"] {
+        for name in ["tiny", "demo", "small", "medium", "large"] {
             assert!(t.contains(name), "{t}");
         }
         // No cell wraps.
@@ -1063,13 +1063,13 @@ mod tests {
 
         let json: serde_json::Value = serde_json::from_str(&scales(Format::Json).unwrap()).unwrap();
         let presets = json.as_array().unwrap();
-        assert_eq!(presets.len(), 4);
+        assert_eq!(presets.len(), 5);
         assert_eq!(presets[0]["preset"]["name"], "tiny");
-        assert_eq!(presets[3]["preset"]["qwen3"]["num_hidden_layers"], 28);
-        assert!(presets[3]["qwen3_parameters"].as_u64().unwrap() > 500_000_000);
+        assert_eq!(presets[4]["preset"]["qwen3"]["num_hidden_layers"], 28);
+        assert!(presets[4]["qwen3_parameters"].as_u64().unwrap() > 500_000_000);
 
         let csv = scales(Format::Csv).unwrap();
-        assert_eq!(csv.lines().count(), 5, "{csv}");
+        assert_eq!(csv.lines().count(), 6, "{csv}");
         assert!(
             csv.starts_with("scale,device,\"Qwen3 (layers × hidden, heads/kv × head_dim, mlp)\",Qwen3 params,"),
             "{csv}"

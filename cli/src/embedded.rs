@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 
-use agent::supervisor::{self, AgentConfig};
+use agent::supervisor::{self, AgentConfig, WorkerStderr};
 use shared::broker::MemoryBroker;
 use shared::local_store::LocalStore;
 use shared::shard::{ShardResult, ShardState};
@@ -40,6 +40,17 @@ pub struct LocalOptions {
     pub worker_command: Vec<OsString>,
     /// The embedded store file the run is recorded in (created if missing).
     pub store: PathBuf,
+    /// Where the workers' log lines and this mode's own warnings go (`qsched` prints
+    /// them above its progress bar).
+    pub log: WorkerStderr,
+}
+
+/// One line to `log`.
+fn say(log: &WorkerStderr, line: &str) {
+    match log {
+        WorkerStderr::Lines(sink) => sink(line),
+        WorkerStderr::Inherit => eprintln!("{line}"),
+    }
 }
 
 /// What a local run left: its id, its results, and its shards counted by final state
@@ -81,10 +92,13 @@ pub async fn run_local(
     let broker = Arc::new(MemoryBroker::default());
     let run_id = scheduler::new_run_id();
     scheduler::submit(spec, &run_id, broker.as_ref(), store.as_ref()).await?;
-    eprintln!(
-        "run {run_id}: {} shard(s) on {} local agent(s)",
-        spec.models.len() * spec.tasks.len() * spec.seeds.len(),
-        opts.devices.len()
+    say(
+        &opts.log,
+        &format!(
+            "run {run_id}: {} shard(s) on {} local agent(s)",
+            spec.models.len() * spec.tasks.len() * spec.seeds.len(),
+            opts.devices.len()
+        ),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -98,6 +112,7 @@ pub async fn run_local(
         cfg.model_roots = spec.model_dirs();
         cfg.threads = threads;
         cfg.worker_command = opts.worker_command.clone();
+        cfg.worker_stderr = opts.log.clone();
         let mut rx = stop_rx.clone();
         let shutdown = async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -123,8 +138,8 @@ pub async fn run_local(
     for a in agents {
         match a.await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("warning: a local agent stopped with an error: {e:#}"),
-            Err(e) => eprintln!("warning: a local agent panicked: {e}"),
+            Ok(Err(e)) => say(&opts.log, &format!("warning: a local agent stopped with an error: {e:#}")),
+            Err(e) => say(&opts.log, &format!("warning: a local agent panicked: {e}")),
         }
     }
     waited?;

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod commands;
+pub mod console;
 pub mod dashboard;
 #[cfg(feature = "embedded")]
 pub mod embedded;

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -9,6 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::commands::{self, SpecFlags};
+use cli::console::{Console, ConsoleLog, ShownBar};
 use cli::plot::{self, ImageFormat};
 use cli::render::Format;
 use shared::amqp::AmqpBroker;
@@ -202,7 +204,7 @@ struct SubmitArgs {
     /// Spec file (TOML); flags override its fields.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Scale preset: tiny, small, medium, large.
+    /// Scale preset: tiny, demo (the default), small, medium, large.
     #[arg(long)]
     scale: Option<String>,
     /// Models (methods), comma-separated: qwen3, qwen3-ckpt, rev-qwen3, ft-opt, mezo-opt, dizo-opt.
@@ -284,6 +286,11 @@ struct DashboardArgs {
     from: StoreChoice,
 }
 
+/// The stderr that log lines and the progress bar of `submit --wait | --local` share
+/// (`cli::console` says why they must). Process-wide because the log writer is installed
+/// once, before any command runs, while the bar exists only inside `submit`.
+static CONSOLE: LazyLock<Arc<Console>> = LazyLock::new(|| Arc::new(Console::stderr()));
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Worker) {
@@ -294,7 +301,8 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "qsched", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let _telemetry = shared::telemetry::init("qsched", "warn");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _telemetry = shared::telemetry::init_with_writer("qsched", "warn", ConsoleLog(CONSOLE.clone()), ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -320,7 +328,8 @@ fn main() -> ExitCode {
 
 #[cfg(feature = "embedded")]
 fn worker() -> ExitCode {
-    ExitCode::from(agent::worker::main_stdio() as u8)
+    // Logs at qsched's own level: `RUST_LOG=info` shows every worker's progress lines.
+    ExitCode::from(agent::worker::main_stdio_logging("warn") as u8)
 }
 
 #[cfg(not(feature = "embedded"))]
@@ -577,10 +586,11 @@ async fn watch_status(
     }
 }
 
-/// The progress bar of `submit --wait` / `--local` on stderr; hidden with `--quiet`.
-fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+/// The progress bar of `submit --wait` / `--local` on stderr, with log lines written
+/// above it until it is dropped; hidden with `--quiet`.
+fn progress_bar(total: usize, quiet: bool) -> ShownBar<'static> {
     if quiet {
-        return ProgressBar::hidden();
+        return CONSOLE.show(ProgressBar::hidden());
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
@@ -588,7 +598,7 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    bar
+    CONSOLE.show(bar)
 }
 
 fn progress_message(counts: &std::collections::BTreeMap<shared::shard::ShardState, usize>) -> String {
@@ -663,13 +673,13 @@ async fn submit(conn: &Conn, args: SubmitArgs) -> Result<()> {
 async fn finish_submit(store: &RedisStore, broker: &AmqpBroker, run_id: &str, args: &SubmitArgs) -> Result<()> {
     if args.wait {
         let record = commands::get_run(store, run_id).await?;
-        let bar = progress_bar(record.shard_count as usize, args.quiet);
+        let shown = progress_bar(record.shard_count as usize, args.quiet);
         let counts = commands::wait_for_run(store, Some(broker), run_id, Duration::from_secs(1), |done, _, counts| {
-            bar.set_position(done as u64);
-            bar.set_message(progress_message(counts));
+            shown.bar().set_position(done as u64);
+            shown.bar().set_message(progress_message(counts));
         })
         .await?;
-        bar.finish_and_clear();
+        drop(shown);
         let (text, _, _) = commands::results(store, run_id, args.format, None).await?;
         println!("{text}");
         if args.format != Format::Json {
@@ -697,15 +707,16 @@ async fn submit_local(spec: shared::spec::BenchmarkSpec, args: SubmitArgs) -> Re
         threads: args.threads,
         worker_command: vec![exe.into_os_string(), "worker".into()],
         store: store.clone(),
+        log: agent::supervisor::WorkerStderr::Lines(Arc::new(|line: &str| CONSOLE.line(line))),
     };
     let total = spec.models.len() * spec.tasks.len() * spec.seeds.len();
-    let bar = progress_bar(total, args.quiet);
+    let shown = progress_bar(total, args.quiet);
     let (run_id, results, counts) = cli::embedded::run_local(&spec, opts, |done, _, counts| {
-        bar.set_position(done as u64);
-        bar.set_message(progress_message(counts));
+        shown.bar().set_position(done as u64);
+        shown.bar().set_message(progress_message(counts));
     })
     .await?;
-    bar.finish_and_clear();
+    drop(shown);
     println!("{}", render::render_results(&results, args.format));
     if !args.quiet {
         let from =

@@ -1,4 +1,4 @@
-//! Named scale presets (`tiny`, `small`, `medium`, `large`) with every field explicit.
+//! Named scale presets (`tiny`, `demo`, `small`, `medium`, `large`) with every field explicit.
 //!
 //! A preset fixes the shapes of both architectures, the data sizes and the training
 //! settings of the first- and zeroth-order methods. Nothing is left to a library
@@ -191,7 +191,7 @@ pub const QWEN3_VOCAB: u32 = 151_936;
 pub const OPT_VOCAB: u32 = 50_272;
 
 /// Names of the built-in presets, smallest first.
-pub const SCALE_NAMES: [&str; 4] = ["tiny", "small", "medium", "large"];
+pub const SCALE_NAMES: [&str; 5] = ["tiny", "demo", "small", "medium", "large"];
 
 fn qwen3(hidden: u32, inter: u32, layers: u32, heads: u32, kv: u32, head_dim: u32, theta: f64) -> Qwen3Arch {
     Qwen3Arch {
@@ -300,6 +300,21 @@ pub fn preset(name: &str) -> Result<ScalePreset, Error> {
             data: DataSettings { train_examples: 2000, dev_examples: 100, test_examples: 200, max_seq_len: 64 },
             first_order: first_order(Steps { max_steps: 40, batch: 16, lr: 1e-3, warmup: 4, eval_every: 20 }),
             zeroth_order: zeroth_order(Steps { max_steps: 40, batch: 16, lr: 1e-4, warmup: 0, eval_every: 20 }, 1e-3),
+            dizo: DizoSettings { interval: 10, inner_iters: 2, ..DizoSettings::default() },
+        },
+        // The default run (`qsched submit --local` with no other flags): `tiny`'s shapes,
+        // trained long enough on enough of SST-2 that the first-order methods leave the
+        // majority class while the zeroth-order ones, from random weights, do not; short
+        // enough for every method to run once in a few minutes on a 2-core CPU.
+        "demo" => ScalePreset {
+            name: "demo".into(),
+            description: "the default run: every method once on SST-2 in minutes on a 2-core CPU".into(),
+            device_class: DeviceClass::Cpu,
+            qwen3: qwen3(64, 192, 2, 4, 2, 16, 10_000.0),
+            opt: opt(64, 256, 2, 4, 64, true),
+            data: DataSettings { train_examples: 8000, dev_examples: 500, test_examples: 0, max_seq_len: 64 },
+            first_order: first_order(Steps { max_steps: 300, batch: 16, lr: 1e-3, warmup: 10, eval_every: 100 }),
+            zeroth_order: zeroth_order(Steps { max_steps: 300, batch: 16, lr: 1e-4, warmup: 0, eval_every: 100 }, 1e-3),
             dizo: DizoSettings { interval: 10, inner_iters: 2, ..DizoSettings::default() },
         },
         "small" => ScalePreset {
@@ -548,7 +563,7 @@ mod tests {
         for p in all_presets() {
             p.validate().unwrap_or_else(|e| panic!("{}: {e}", p.name));
         }
-        assert_eq!(all_presets().len(), 4);
+        assert_eq!(all_presets().len(), 5);
     }
 
     #[test]
@@ -569,6 +584,6 @@ mod tests {
     #[test]
     fn unknown_scale() {
         let err = preset("huge").unwrap_err().to_string();
-        assert!(err.contains("unknown scale 'huge'") && err.contains("tiny, small, medium, large"));
+        assert!(err.contains("unknown scale 'huge'") && err.contains("tiny, demo, small, medium, large"));
     }
 }

@@ -14,6 +14,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -57,6 +58,16 @@ fn provider_builder(service: &str) -> TracerProviderBuilder {
 /// `"warn"` for the CLI, whose stdout is for results). Safe to call once per process;
 /// a second call leaves the first subscriber in place.
 pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
+    init_with_writer(service, default_filter, std::io::stderr, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+}
+
+/// Like [`init`] but the log lines go to `writer` (ANSI colours when `ansi`). `qsched`
+/// passes a writer that prints each line above its progress bar, so that a log line does
+/// not leave a copy of the bar behind on the terminal.
+pub fn init_with_writer<W>(service: &str, default_filter: &str, writer: W, ansi: bool) -> TelemetryGuard
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let mut builder = provider_builder(service);
     if otlp_configured() {
         match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
@@ -65,7 +76,7 @@ pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
             Err(e) => eprintln!("warning: OTLP exporter not started: {e}"),
         }
     }
-    install(service, default_filter, builder.build())
+    install(service, default_filter, builder.build(), writer, ansi)
 }
 
 /// Like [`init`] but exporting every span synchronously to `exporter` (tests use an
@@ -75,19 +86,25 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     default_filter: &str,
     exporter: E,
 ) -> TelemetryGuard {
-    install(service, default_filter, provider_builder(service).with_simple_exporter(exporter).build())
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    install(
+        service,
+        default_filter,
+        provider_builder(service).with_simple_exporter(exporter).build(),
+        std::io::stderr,
+        ansi,
+    )
 }
 
-fn install(service: &str, default_filter: &str, provider: SdkTracerProvider) -> TelemetryGuard {
+fn install<W>(service: &str, default_filter: &str, provider: SdkTracerProvider, writer: W, ansi: bool) -> TelemetryGuard
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer(service.to_owned());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .with_filter(filter);
+    let fmt =
+        tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).with_target(false).with_filter(filter);
     // The OpenTelemetry layer sees every span at INFO and above regardless of the log
     // filter, so traces are complete even when logs are quiet.
     let otel =
