@@ -491,6 +491,7 @@ async fn agents_and_scales_honour_every_format() {
         started_at: now - 60.0,
         at: now,
         shards_done: 1,
+        worker_memory_bytes: None,
     };
     fleet.store.heartbeat(&beat, Duration::from_secs(120)).await.unwrap();
     let run = |args: &[&str]| {

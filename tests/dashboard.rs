@@ -189,10 +189,11 @@ async fn dashboard_shows_a_run_in_flight_with_a_failed_shard_in_a_real_browser()
         screenshot(&mut browser, &shots, "runs");
 
         browser.navigate(&dashboard.url("#/fleet"));
+        // With its worker's memory, from the heartbeat (one every 5 s).
         let agent = browser.wait_for(
-            "document.querySelector('#agent-table tbody tr')?.textContent",
+            "[...document.querySelectorAll('#agent-table tbody tr')].map(r => r.textContent).find(t => t.includes('MiB'))",
             Duration::from_secs(30),
-            "the agent on the fleet page",
+            "the agent on the fleet page, with its worker's memory",
         );
         assert!(agent.as_str().unwrap().contains(run.as_str()), "the agent's current shard: {agent}");
         let queues =

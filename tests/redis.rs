@@ -33,6 +33,7 @@ fn beat(agent: &str) -> AgentHeartbeat {
         started_at: 1.0,
         at: 2.0,
         shards_done: 3,
+        worker_memory_bytes: None,
     }
 }
 

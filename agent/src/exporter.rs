@@ -276,6 +276,13 @@ impl AgentMetrics {
         self.live().worker_pid = Some(pid);
     }
 
+    /// The resident memory of the running shard's worker now (host RAM, bytes); None
+    /// between shards.
+    pub fn worker_resident_bytes(&self) -> Option<u64> {
+        let pid = self.live().worker_pid;
+        pid.and_then(resident_bytes)
+    }
+
     /// A training report of the running shard: `values` as the worker sent them
     /// (`loss`, `tokens_per_second`, ...), `at` in Unix seconds.
     pub fn train_point(&self, step: u64, at: f64, values: &BTreeMap<String, f64>) {
@@ -610,8 +617,11 @@ mod tests {
         m.worker_spawned(std::process::id());
         let rss = value_of(&m.render(), &series).expect("the worker's RSS");
         assert!(rss > 1e6, "RSS {rss}");
+        // The heartbeat reads the same value.
+        assert!(m.worker_resident_bytes().is_some_and(|b| b > 1_000_000));
         m.worker_ended();
         assert_eq!(value_of(&m.render(), &series), None);
+        assert_eq!(m.worker_resident_bytes(), None);
     }
 
     #[tokio::test]

@@ -301,6 +301,8 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     loop {
         tick.tick().await;
+        // Read before the live state is locked: /proc is I/O.
+        let worker_memory = cfg.metrics.worker_resident_bytes();
         let beat = {
             let l = live.lock().unwrap_or_else(|p| p.into_inner());
             AgentHeartbeat {
@@ -315,6 +317,7 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
                 started_at,
                 at: unix_now(),
                 shards_done: l.done,
+                worker_memory_bytes: l.current.as_ref().and(worker_memory),
             }
         };
         match store.heartbeat(&beat, cfg.heartbeat_ttl).await {

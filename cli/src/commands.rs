@@ -1136,6 +1136,7 @@ mod tests {
             started_at: now - 100.0,
             at: now - 1.0,
             shards_done: 2,
+            worker_memory_bytes: None,
         }
     }
 

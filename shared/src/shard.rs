@@ -270,6 +270,11 @@ pub struct AgentHeartbeat {
     pub at: f64,
     /// Shards finished by this agent.
     pub shards_done: u64,
+    /// Resident memory (host RAM, bytes) of the worker running the current shard, read
+    /// when this heartbeat was sent. GPU memory belongs to the worker's CUDA allocator and
+    /// is reported only as the shard's peak, in its result.
+    #[serde(default)]
+    pub worker_memory_bytes: Option<u64>,
 }
 
 /// One point of a shard's metric stream.
@@ -332,6 +337,7 @@ impl AgentHeartbeat {
             started_at: at,
             at,
             shards_done: 0,
+            worker_memory_bytes: None,
         }
     }
 }

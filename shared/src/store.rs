@@ -362,6 +362,7 @@ pub(crate) mod conformance {
             started_at: 1.0,
             at: 2.0,
             shards_done: 3,
+            worker_memory_bytes: None,
         }
     }
 

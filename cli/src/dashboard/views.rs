@@ -308,6 +308,7 @@ pub async fn fleet(store: &dyn Store, broker: Option<Result<&dyn Broker, String>
                 "progress_age": a.progress_at.map(|at| (now - at).max(0.0)),
                 "stale": age > STALE_HEARTBEAT_S,
                 "shards_done": a.shards_done,
+                "worker_memory_bytes": a.worker_memory_bytes,
                 "up_seconds": (now - a.started_at).max(0.0),
             })
         })

@@ -299,11 +299,12 @@ async function fleetPage(first) {
     h("td", { class: "mono" }, a.agent), h("td", {}, a.host), h("td", {}, a.device), h("td", {}, a.gpu_name ?? dash),
     h("td", {}, a.run ? h("a", { href: `#/run/${encodeURIComponent(a.run)}` }, `${a.run}/${a.shard}`) : "idle"),
     h("td", { class: "num" }, a.total_steps ? `${a.step ?? dash}/${a.total_steps}` : dash),
+    h("td", { class: "num" }, bytes(a.worker_memory_bytes)),
     h("td", { class: a.stale ? "num stale" : "num" }, `${secs(a.heartbeat_age)} ago${a.stale ? " (stale)" : ""}`),
     h("td", { class: "num" }, a.progress_age === null ? dash : `${secs(a.progress_age)} ago`),
     h("td", { class: "num" }, a.shards_done), h("td", { class: "num" }, secs(a.up_seconds))));
   fillSection("agents", rows.length
-    ? h("table", { id: "agent-table" }, h("thead", {}, h("tr", {}, ["agent", "host", "device", "gpu", "current shard", "step", "last heartbeat", "last progress", "shards done", "up"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
+    ? h("table", { id: "agent-table" }, h("thead", {}, h("tr", {}, ["agent", "host", "device", "gpu", "current shard", "step", "worker memory", "last heartbeat", "last progress", "shards done", "up"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
     : h("p", { class: "muted" }, "No live agents."));
   fillSection("dead-letters", data.dead_letters.length
     ? h("table", {}, h("thead", {}, h("tr", {}, ["message", "agent", "bytes", "reason"].map((c) => h("th", {}, c)))),
