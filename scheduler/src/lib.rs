@@ -566,6 +566,8 @@ mod tests {
 
     fn spec() -> BenchmarkSpec {
         SpecInput {
+            // Named, not the default: the pinned ids below are of this content.
+            scale: Some("tiny".into()),
             models: Some(vec!["qwen3".into(), "dizo-opt".into()]),
             tasks: Some(vec!["sst2".into(), "rte".into()]),
             seeds: Some(vec![1, 2, 3]),
