@@ -35,7 +35,7 @@ async fn submit_and_agent_spans_share_one_trace() {
     cfg.worker_command = vec![bin("qagent").into_os_string(), "worker".into()];
     cfg.threads = 1;
     cfg.max_shards = Some(1);
-    supervisor::run(cfg, broker.clone(), store.clone(), std::future::pending()).await.unwrap();
+    supervisor::run(cfg, broker.clone(), broker.clone(), store.clone(), std::future::pending()).await.unwrap();
 
     let spans = exporter.get_finished_spans().unwrap();
     let find = |name: &str| {

@@ -1,4 +1,6 @@
-//! The one error type of the `agent` crate.
+//! The error type of the agent: its own failures (the worker process, refused paths,
+//! training checkpoints, the metrics endpoint, the simulation) and those of the layers it
+//! drives (data, models, methods, the shared crate).
 //!
 //! `is_retryable` decides what happens to a failed shard: a retryable failure (CUDA out
 //! of memory, a worker killed by a signal, a transient service error) goes back to the
@@ -8,14 +10,16 @@
 
 use std::path::PathBuf;
 
+use shared::{ModelId, TaskId};
+
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong while loading, training or evaluating a shard.
+/// Everything that can go wrong while running a shard or serving the agent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// libtorch raised an error (shape mismatch, out of memory, ...).
+    /// libtorch raised an error in the shard driver (shape mismatch, out of memory, ...).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// A file could not be read or written.
@@ -27,48 +31,40 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A model configuration value is missing, malformed or unsupported.
-    #[error("model config: field `{field}`: {message}")]
-    Config {
-        /// The config field (HF name), e.g. `rope_scaling`.
-        field: String,
-        /// What is wrong.
+    /// The data layer failed (a missing or malformed file, a tokenizer, an encoding).
+    #[error(transparent)]
+    Data(#[from] qsched_data::Error),
+    /// The model layer failed (checkpoint, config, device, placement).
+    #[error(transparent)]
+    Model(#[from] qsched_models::Error),
+    /// A training method failed (collation, DiZO, a step).
+    #[error(transparent)]
+    Method(#[from] qsched_methods::Error),
+    /// The shard's data cannot train it (an empty split after encoding).
+    #[error("data {path}: {message}")]
+    EmptySplit {
+        /// The train file of the task.
+        path: PathBuf,
+        /// The sizes of the splits.
         message: String,
     },
-    /// A checkpoint's weights do not match its config (missing or misshapen tensors).
+    /// The model cannot be trained on the task (the refusal `qsched submit` makes too).
+    #[error("{model} × {task}: {reason}")]
+    UnsupportedPair {
+        /// The model.
+        model: ModelId,
+        /// The task.
+        task: TaskId,
+        /// Why not.
+        reason: String,
+    },
+    /// A training checkpoint is missing, corrupt or from another shard.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {
         /// The checkpoint directory or file.
         path: PathBuf,
         /// What is wrong.
         message: String,
-    },
-    /// A data file is missing or malformed.
-    #[error("data {path}: {message}")]
-    Data {
-        /// The data file.
-        path: PathBuf,
-        /// What is wrong, with the line number where it applies.
-        message: String,
-    },
-    /// A tokenizer could not be built or produced ids outside the model's vocabulary.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// A method × task pair (or other combination) that makes no sense.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
-    /// The requested device cannot be used (no CUDA, bad ordinal).
-    #[error("device: {0}")]
-    Device(String),
-    /// Tensors found off the pinned device by the placement audit.
-    #[error("placement audit: {count} tensor(s) not on {device}: {examples}")]
-    Placement {
-        /// The pinned device.
-        device: String,
-        /// How many tensors are misplaced.
-        count: usize,
-        /// The first few, as `name@device`.
-        examples: String,
     },
     /// Training diverged beyond recovery (too many non-finite losses in a row).
     #[error("training diverged: {0}")]
@@ -84,9 +80,6 @@ pub enum Error {
     /// A shard asked for something this agent does not allow (a path outside its roots).
     #[error("refused: {0}")]
     Refused(String),
-    /// The shard was cancelled.
-    #[error("cancelled")]
-    Cancelled,
     /// The Prometheus endpoint (`qagent --metrics-listen`) could not listen on its address,
     /// or stopped serving.
     #[error("{action} on {address}")]
@@ -113,44 +106,24 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 
-    /// Shorthand for a config error on `field`.
-    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config { field: field.into(), message: message.into() }
-    }
-
-    /// Shorthand for a data error in `path`.
-    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Data { path: path.into(), message: message.into() }
+    /// True when libtorch ran out of memory, in the driver or a layer below.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::Torch(e) => qsched_models::is_out_of_memory(&e.to_string()),
+            Error::Model(e) => e.is_out_of_memory(),
+            Error::Method(e) => e.is_out_of_memory(),
+            _ => false,
+        }
     }
 
     /// True when running the shard again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Torch(e) => is_out_of_memory(&e.to_string()),
             Error::Worker { retryable, .. } => *retryable,
             Error::Shared(e) => e.is_transient(),
-            Error::Io { .. }
-            | Error::Config { .. }
-            | Error::Checkpoint { .. }
-            | Error::Data { .. }
-            | Error::Tokenizer(_)
-            | Error::Unsupported(_)
-            | Error::Device(_)
-            | Error::Placement { .. }
-            | Error::Diverged(_)
-            | Error::Refused(_)
-            | Error::MetricsEndpoint { .. }
-            | Error::Simulation(_)
-            | Error::Cancelled => false,
+            _ => self.is_out_of_memory(),
         }
     }
-}
-
-/// True for libtorch's out-of-memory messages (CUDA and CPU allocators).
-pub fn is_out_of_memory(message: &str) -> bool {
-    message.contains("out of memory")
-        || message.contains("OutOfMemoryError")
-        || message.contains("DefaultCPUAllocator: can't allocate")
 }
 
 #[cfg(test)]
@@ -159,9 +132,12 @@ mod tests {
 
     #[test]
     fn retry_policy() {
-        assert!(!Error::config("rope_scaling", "unsupported").is_retryable());
+        assert!(!Error::Refused("outside the roots".into()).is_retryable());
         assert!(Error::Worker { message: "killed by signal 9".into(), retryable: true }.is_retryable());
-        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB"));
-        assert!(!is_out_of_memory("shape mismatch"));
+        let oom = tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB".into());
+        assert!(Error::Torch(oom).is_retryable());
+        let nested = qsched_models::Error::Torch(tch::TchError::Torch("CUDA out of memory.".into()));
+        assert!(Error::Method(qsched_methods::Error::Model(nested)).is_retryable());
+        assert!(!Error::Torch(tch::TchError::Torch("shape mismatch".into())).is_retryable());
     }
 }

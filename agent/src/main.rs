@@ -128,9 +128,9 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 }
 
 fn inspect(model_dir: &std::path::Path, tokens: Option<&std::path::Path>, device: DeviceSpec) -> anyhow::Result<()> {
-    let pinned = agent::device::pin(device)?;
+    let pinned = qsched_models::device::pin(device)?;
     let mut out = std::io::stdout().lock();
-    agent::inspect::run(model_dir, tokens, pinned.device, &mut out)?;
+    qsched_models::inspect::run(model_dir, tokens, pinned.device, &mut out)?;
     Ok(())
 }
 
@@ -138,7 +138,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(device) = args.device else { bail!("--device is required (cpu or cuda:N)") };
     // Pin first: `--device cuda:0` on a host without CUDA fails here, before any shard
     // is taken from the queue.
-    let pinned = agent::device::pin(device).with_context(|| format!("cannot use device {device}"))?;
+    let pinned = qsched_models::device::pin(device).with_context(|| format!("cannot use device {device}"))?;
     let data_dir = shared::spec::data_dir_from(args.data_dir)
         .context("no data directory: pass --data-dir or set QSCHED_DATA_DIR")?;
     for sub in ["glue", "tokenizers"] {
@@ -180,7 +180,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // whether on a signal, at --max-shards or on an error.
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = metrics_server.map(|server| tokio::spawn(server.run(stopped(metrics_stopped))));
-    let stats = supervisor::run(cfg, Arc::new(broker), Arc::new(store), shared::shutdown::signal()).await;
+    let broker = Arc::new(broker);
+    let stats = supervisor::run(cfg, broker.clone(), broker, Arc::new(store), shared::shutdown::signal()).await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         match task.await {

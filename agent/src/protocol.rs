@@ -1,16 +1,21 @@
 //! The supervisor ↔ worker protocol: one request on the worker's stdin, a stream of
 //! events on its stdout, each a length-prefixed (u32 little-endian) named-MessagePack
 //! frame. The worker writes logs to stderr only, so stdout carries nothing but frames.
+//!
+//! The frame codec lives here once, in its blocking form (the worker) and its tokio form
+//! (the supervisor), with the event sinks the training code reports through.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use shared::DeviceSpec;
-use shared::shard::Shard;
+use shared::shard::{Shard, ShardMeasurements};
 
 use crate::error::{Error, Result};
 
@@ -76,7 +81,7 @@ pub enum WorkerEvent {
         step: u64,
     },
     /// The shard finished.
-    Finished(Box<ShardOutcome>),
+    Finished(Box<ShardMeasurements>),
     /// The shard failed.
     Failed {
         /// The error chain.
@@ -86,81 +91,133 @@ pub enum WorkerEvent {
     },
 }
 
-/// Everything a finished shard measured (the supervisor adds identity fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardOutcome {
-    /// Device that ran it.
-    pub device: String,
-    /// GPU name.
-    pub gpu_name: Option<String>,
-    /// Test metrics at the best-dev evaluation.
-    pub metrics: BTreeMap<String, f64>,
-    /// Dev metrics at the best-dev evaluation.
-    pub dev_metrics: BTreeMap<String, f64>,
-    /// Primary metric name.
-    pub primary_metric: String,
-    /// Step of the best-dev evaluation.
-    pub best_step: u64,
-    /// Steps taken.
-    pub steps: u64,
-    /// Peak memory.
-    pub peak_memory_bytes: u64,
-    /// What the peak measures.
-    pub peak_memory_kind: String,
-    /// Wall seconds of the worker (load, train, evaluate).
-    pub wall_seconds: f64,
-    /// Seconds in training steps.
-    pub train_seconds: f64,
-    /// Steps per second.
-    pub steps_per_second: f64,
-    /// Non-pad training tokens per second.
-    pub tokens_per_second: f64,
-    /// Skipped non-finite steps.
-    pub skipped_steps: u64,
-    /// Precision that ran.
-    pub precision: String,
-    /// Intra-op threads.
-    pub threads: u32,
-    /// Parameter count.
-    pub parameters: u64,
-    /// Split sizes.
-    pub split_sizes: BTreeMap<String, u64>,
-    /// Data file checksums.
-    pub data_checksums: BTreeMap<String, String>,
-    /// What ran (shape after loading, settings, files).
-    pub config: serde_json::Value,
-    /// Step resumed from.
-    pub resumed_from_step: Option<u64>,
+/// One frame's bytes: the u32 little-endian length of the body, then the body.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let body = shared::wire::encode(value)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME_BYTES)
+        .ok_or_else(|| Error::Worker { message: format!("frame of {} bytes exceeds the limit", body.len()), retryable: false })?;
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
 }
 
-/// Writes one frame.
+/// The body length a frame's prefix announces, refused above [`MAX_FRAME_BYTES`].
+fn body_len(prefix: [u8; 4]) -> Result<usize> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(Error::Worker { message: format!("frame of {len} bytes exceeds the limit"), retryable: false });
+    }
+    Ok(len)
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    Ok(shared::wire::decode(body, MAX_FRAME_BYTES)?)
+}
+
+/// Writes one frame (the worker's side: blocking stdout).
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> Result<()> {
-    let bytes = shared::wire::encode(value)?;
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| Error::Worker { message: "frame too large".into(), retryable: false })?;
-    out.write_all(&len.to_le_bytes())
-        .and_then(|_| out.write_all(&bytes))
+    let bytes = encode_frame(value)?;
+    out.write_all(&bytes)
         .and_then(|_| out.flush())
         .map_err(|e| Error::Worker { message: format!("cannot write to the supervisor: {e}"), retryable: true })
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
+/// Reads one frame (the worker's side: blocking stdin); `Ok(None)` on a clean end of
+/// stream before a frame starts.
 pub fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
+    let mut prefix = [0u8; 4];
+    match input.read_exact(&mut prefix) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(Error::Worker { message: format!("read: {e}"), retryable: true }),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(Error::Worker { message: format!("frame of {len} bytes exceeds the limit"), retryable: false });
-    }
-    let mut buf = vec![0u8; len];
+    let mut body = vec![0u8; body_len(prefix)?];
     input
-        .read_exact(&mut buf)
+        .read_exact(&mut body)
         .map_err(|e| Error::Worker { message: format!("truncated frame: {e}"), retryable: true })?;
-    Ok(Some(shared::wire::decode(&buf, MAX_FRAME_BYTES)?))
+    decode_body(&body).map(Some)
+}
+
+/// Writes one frame (the supervisor's side: the worker's stdin under tokio).
+pub async fn write_frame_async<T: Serialize>(out: &mut (impl AsyncWrite + Unpin), value: &T) -> Result<()> {
+    let bytes = encode_frame(value)?;
+    out.write_all(&bytes)
+        .await
+        .map_err(|e| Error::Worker { message: format!("cannot send the request to the worker: {e}"), retryable: true })
+}
+
+/// Reads one frame (the supervisor's side: the worker's stdout under tokio); `Ok(None)`
+/// on a clean end of stream before a frame starts.
+pub async fn read_frame_async<T: DeserializeOwned>(input: &mut (impl AsyncRead + Unpin)) -> Result<Option<T>> {
+    let mut prefix = [0u8; 4];
+    match input.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::Worker { message: format!("read: {e}"), retryable: true }),
+    }
+    let mut body = vec![0u8; body_len(prefix)?];
+    input
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| Error::Worker { message: format!("truncated frame: {e}"), retryable: true })?;
+    decode_body(&body).map(Some)
+}
+
+/// Receives events from the training code.
+pub trait EventSink {
+    /// Reports one event; an error means the supervisor is gone.
+    fn emit(&mut self, event: WorkerEvent) -> Result<()>;
+
+    /// Notes that the training or evaluation loop is making progress. Called often (every
+    /// step and evaluation batch); a sink that reports to a watchdog rate-limits it.
+    fn alive(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How often a [`FrameSink`] forwards [`EventSink::alive`] as a [`WorkerEvent::Alive`].
+pub const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes events as frames to a writer (the worker's stdout).
+#[derive(Debug)]
+pub struct FrameSink<W: Write> {
+    out: W,
+    last_alive: Option<Instant>,
+}
+
+impl<W: Write> FrameSink<W> {
+    /// A sink writing frames to `out`.
+    pub fn new(out: W) -> Self {
+        FrameSink { out, last_alive: None }
+    }
+}
+
+impl<W: Write> EventSink for FrameSink<W> {
+    fn emit(&mut self, event: WorkerEvent) -> Result<()> {
+        self.last_alive = Some(Instant::now());
+        write_frame(&mut self.out, &event)
+    }
+
+    fn alive(&mut self, step: u64) -> Result<()> {
+        if self.last_alive.is_some_and(|at| at.elapsed() < ALIVE_EVERY) {
+            return Ok(());
+        }
+        self.emit(WorkerEvent::Alive { step })
+    }
+}
+
+/// Collects events in memory (tests and benchmarks).
+#[derive(Debug, Default)]
+pub struct VecSink(pub Vec<WorkerEvent>);
+
+impl EventSink for VecSink {
+    fn emit(&mut self, event: WorkerEvent) -> Result<()> {
+        self.0.push(event);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +239,22 @@ mod tests {
         assert_eq!(read_frame::<WorkerEvent>(&mut r).unwrap(), Some(event));
         assert!(matches!(read_frame::<WorkerEvent>(&mut r).unwrap(), Some(WorkerEvent::Failed { .. })));
         assert_eq!(read_frame::<WorkerEvent>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn async_frames_read_what_sync_frames_wrote() {
+        let event = WorkerEvent::Alive { step: 7 };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &event).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let mut r = std::io::Cursor::new(buf);
+            assert_eq!(read_frame_async::<WorkerEvent>(&mut r).await.unwrap(), Some(event.clone()));
+            assert_eq!(read_frame_async::<WorkerEvent>(&mut r).await.unwrap(), None);
+            let mut out = Vec::new();
+            write_frame_async(&mut out, &event).await.unwrap();
+            assert_eq!(out, encode_frame(&event).unwrap());
+        });
     }
 
     #[test]

@@ -33,7 +33,7 @@ use shared::shard::{Shard, unix_now};
 use shared::{DeviceClass, Result as SharedResult};
 
 use crate::error::{Error, Result};
-use crate::protocol::ShardOutcome;
+use shared::shard::ShardMeasurements;
 use crate::supervisor::{self, AgentConfig, AgentStats, Executor};
 
 /// How often [`run_fleet`] looks at the journal while waiting.
@@ -56,29 +56,15 @@ pub struct NoOpExecutor {
 
 /// The outcome a no-op execution reports: a success with no steps and no metrics, its
 /// config marking it as simulated so that such a result is never mistaken for training.
-pub fn noop_outcome(cfg: &AgentConfig, shard: &Shard, delay: Duration) -> ShardOutcome {
-    ShardOutcome {
+pub fn noop_outcome(cfg: &AgentConfig, shard: &Shard, delay: Duration) -> ShardMeasurements {
+    ShardMeasurements {
         device: cfg.device.to_string(),
         gpu_name: cfg.gpu_name.clone(),
-        metrics: BTreeMap::new(),
-        dev_metrics: BTreeMap::new(),
-        primary_metric: String::new(),
-        best_step: 0,
-        steps: 0,
-        peak_memory_bytes: 0,
-        peak_memory_kind: String::new(),
         wall_seconds: delay.as_secs_f64(),
-        train_seconds: 0.0,
-        steps_per_second: 0.0,
-        tokens_per_second: 0.0,
-        skipped_steps: 0,
-        precision: format!("{:?}", shard.train.precision).to_lowercase(),
+        precision: shard.train.precision.label().to_owned(),
         threads: cfg.threads,
-        parameters: 0,
-        split_sizes: BTreeMap::new(),
-        data_checksums: BTreeMap::new(),
         config: serde_json::json!({ "executor": "no-op", "delay_seconds": delay.as_secs_f64() }),
-        resumed_from_step: None,
+        ..ShardMeasurements::default()
     }
 }
 
@@ -293,21 +279,6 @@ impl Broker for ObservedBroker {
     }
     async fn dead_letter(&self, body: Vec<u8>, headers: BTreeMap<String, String>, reason: &str) -> SharedResult<()> {
         self.inner.dead_letter(body, headers, reason).await
-    }
-    async fn dead_letters(&self, limit: usize) -> SharedResult<Vec<DeadLetter>> {
-        self.inner.dead_letters(limit).await
-    }
-    async fn take_dead_letters(&self, prefix: &str) -> SharedResult<Vec<DeadLetter>> {
-        self.inner.take_dead_letters(prefix).await
-    }
-    async fn queue_depth(&self, class: DeviceClass) -> SharedResult<u64> {
-        self.inner.queue_depth(class).await
-    }
-    async fn dead_letter_count(&self) -> SharedResult<u64> {
-        self.inner.dead_letter_count().await
-    }
-    async fn take_dead_letter_notices(&self, max: usize) -> SharedResult<Vec<DeadLetter>> {
-        self.inner.take_dead_letter_notices(max).await
     }
     fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes()
@@ -581,12 +552,12 @@ pub async fn run_fleet(
     let mut tasks = Vec::with_capacity(agents.len());
     for agent in agents {
         amqps.push(agent.amqp.clone());
-        let broker = Arc::new(ObservedBroker::new(agent.amqp, journal.clone()));
+        let broker = Arc::new(ObservedBroker::new(agent.amqp.clone(), journal.clone()));
         let mut stopped = stopped.clone();
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        tasks.push(tokio::spawn(supervisor::run(agent.cfg, broker, agent.store, shutdown)));
+        tasks.push(tokio::spawn(supervisor::run(agent.cfg, broker, agent.amqp, agent.store, shutdown)));
     }
 
     let deadline = tokio::time::Instant::now() + cfg.time_limit;

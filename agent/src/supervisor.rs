@@ -35,14 +35,14 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use shared::broker::{Broker, Delivery};
-use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardResult, ShardState, unix_now};
+use shared::broker::{Broker, BrokerAdmin, Delivery};
+use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardMeasurements, ShardResult, ShardState, unix_now};
 use shared::store::{AttemptError, DeadLetterRecord, Progress, Store};
 use shared::{DeviceSpec, wire};
 
 use crate::error::{Error, Result};
 use crate::exporter::AgentMetrics;
-use crate::protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION, ShardOutcome, WorkerEvent, WorkerRequest};
+use crate::protocol::{PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame_async, write_frame_async};
 
 /// First wait before consuming again after the broker connection was lost.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -212,10 +212,13 @@ struct LiveState {
     done: u64,
 }
 
-/// Runs the agent until `shutdown` resolves (or `max_shards` is reached).
+/// Runs the agent until `shutdown` resolves (or `max_shards` is reached): consumes from
+/// `broker`, and reads the notices of new dead letters from `dead_letters` (the same
+/// broker in production; a test double of the messaging path passes the broker it wraps).
 pub async fn run(
     cfg: AgentConfig,
     broker: Arc<dyn Broker>,
+    dead_letters: Arc<dyn BrokerAdmin>,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<AgentStats> {
@@ -227,7 +230,7 @@ pub async fn run(
     cfg.metrics.agent_started(&cfg.agent_id, &cfg.host, &cfg.device.to_string(), cfg.gpu_name.as_deref());
 
     let heartbeat = tokio::spawn(heartbeat_loop(cfg.clone(), store.clone(), live.clone(), started_at));
-    let notices = tokio::spawn(dead_letter_notice_loop(cfg.clone(), broker.clone(), store.clone()));
+    let notices = tokio::spawn(dead_letter_notice_loop(cfg.clone(), dead_letters, store.clone()));
     let mut stats = AgentStats::default();
     tokio::pin!(shutdown);
     let mut backoff = RECONNECT_MIN;
@@ -330,7 +333,7 @@ async fn heartbeat_loop(cfg: AgentConfig, store: Arc<dyn Store>, live: Arc<Mutex
 /// Marks the shards the broker dead-lettered on its own as `dead` (see
 /// [`shared::dead_letters`]), on the heartbeat's cadence; failures are logged and tried
 /// again on the next tick.
-async fn dead_letter_notice_loop(cfg: AgentConfig, broker: Arc<dyn Broker>, store: Arc<dyn Store>) {
+async fn dead_letter_notice_loop(cfg: AgentConfig, broker: Arc<dyn BrokerAdmin>, store: Arc<dyn Store>) {
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     loop {
         tick.tick().await;
@@ -541,7 +544,7 @@ async fn process_shard(
 ) -> Result<Flow> {
     let (run, id) = (shard.run_id.clone(), shard.shard_id.clone());
     let checkpoints = match &cfg.checkpoint_dir {
-        Some(root) => Some(crate::train::checkpoint::ShardDir::new(root, &run, &id)?),
+        Some(root) => Some(crate::checkpoint::ShardDir::new(root, &run, &id)?),
         None => None,
     };
     if stored!("check for an earlier result", shutdown, delivery, store.get_result(&run, &id)).is_some() {
@@ -672,7 +675,7 @@ async fn process_shard(
     Ok(flow)
 }
 
-fn remove_checkpoints(checkpoints: Option<&crate::train::checkpoint::ShardDir>) {
+fn remove_checkpoints(checkpoints: Option<&crate::checkpoint::ShardDir>) {
     if let Some(dir) = checkpoints
         && let Err(e) = dir.remove()
     {
@@ -689,28 +692,10 @@ async fn store_result(store: &dyn Store, result: &ShardResult) -> shared::Result
 }
 
 enum WorkerEnd {
-    Finished(Box<ShardOutcome>),
+    Finished(Box<ShardMeasurements>),
     Failed { message: String, retryable: bool },
     Cancelled,
     Shutdown,
-}
-
-async fn read_event(stdout: &mut ChildStdout) -> std::io::Result<Option<WorkerEvent>> {
-    let mut len = [0u8; 4];
-    match stdout.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    stdout.read_exact(&mut buf).await?;
-    shared::wire::decode(&buf, MAX_FRAME_BYTES)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Starts a worker; with [`WorkerStderr::Lines`] also the task that forwards its stderr
@@ -777,19 +762,10 @@ async fn run_worker(
     }
     // The request goes in; stdin then stays open: its closing tells the worker we died.
     let mut stdin = child.stdin.take();
-    let frame = match shared::wire::encode(request) {
-        Ok(b) => b,
-        Err(e) => return WorkerEnd::Failed { message: e.to_string(), retryable: false },
-    };
-    if let Some(s) = stdin.as_mut() {
-        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&frame);
-        if let Err(e) = s.write_all(&bytes).await {
-            return WorkerEnd::Failed {
-                message: format!("cannot send the request to the worker: {e}"),
-                retryable: true,
-            };
-        }
+    if let Some(s) = stdin.as_mut()
+        && let Err(e) = write_frame_async(s, request).await
+    {
+        return WorkerEnd::Failed { message: e.to_string(), retryable: e.is_retryable() };
     }
     let Some(mut stdout) = child.stdout.take() else {
         return WorkerEnd::Failed { message: "worker has no stdout".into(), retryable: true };
@@ -831,7 +807,7 @@ async fn run_worker(
                     return WorkerEnd::Failed { message, retryable: true };
                 }
             }
-            event = read_event(&mut stdout) => {
+            event = read_frame_async::<WorkerEvent>(&mut stdout) => {
                 if matches!(event, Ok(Some(_))) {
                     last_progress = tokio::time::Instant::now();
                     live.lock().unwrap_or_else(|p| p.into_inner()).progress_at = Some(unix_now());
@@ -962,32 +938,20 @@ fn base_result(
         task: shard.task,
         seed: shard.seed,
         scale: shard.scale.clone(),
-        device: cfg.device.to_string(),
-        gpu_name: cfg.gpu_name.clone(),
         host: cfg.host.clone(),
         agent: cfg.agent_id.clone(),
         status: ShardState::Failed,
         error: None,
-        metrics: BTreeMap::new(),
-        dev_metrics: BTreeMap::new(),
-        primary_metric: None,
-        best_step: None,
-        steps: 0,
-        peak_memory_bytes: 0,
-        peak_memory_kind: String::new(),
-        wall_seconds: unix_now() - started_at,
-        train_seconds: 0.0,
-        steps_per_second: 0.0,
-        tokens_per_second: 0.0,
-        skipped_steps: 0,
-        precision: format!("{:?}", shard.train.precision).to_lowercase(),
-        threads: cfg.threads,
-        parameters: 0,
-        split_sizes: BTreeMap::new(),
-        data_checksums: BTreeMap::new(),
-        config: serde_json::to_value(shard).unwrap_or(serde_json::Value::Null),
+        measured: ShardMeasurements {
+            device: cfg.device.to_string(),
+            gpu_name: cfg.gpu_name.clone(),
+            wall_seconds: unix_now() - started_at,
+            precision: shard.train.precision.label().to_owned(),
+            threads: cfg.threads,
+            config: serde_json::to_value(shard).unwrap_or(serde_json::Value::Null),
+            ..ShardMeasurements::default()
+        },
         attempt,
-        resumed_from_step: None,
         started_at,
         finished_at: unix_now(),
         traceparent,
@@ -1010,35 +974,11 @@ fn success_result(
     cfg: &AgentConfig,
     shard: &Shard,
     attempt: u32,
-    o: ShardOutcome,
+    measured: ShardMeasurements,
     started_at: f64,
     traceparent: Option<String>,
 ) -> ShardResult {
-    ShardResult {
-        status: ShardState::Succeeded,
-        device: o.device,
-        gpu_name: o.gpu_name,
-        metrics: o.metrics,
-        dev_metrics: o.dev_metrics,
-        primary_metric: Some(o.primary_metric),
-        best_step: Some(o.best_step),
-        steps: o.steps,
-        peak_memory_bytes: o.peak_memory_bytes,
-        peak_memory_kind: o.peak_memory_kind,
-        wall_seconds: o.wall_seconds,
-        train_seconds: o.train_seconds,
-        steps_per_second: o.steps_per_second,
-        tokens_per_second: o.tokens_per_second,
-        skipped_steps: o.skipped_steps,
-        precision: o.precision,
-        threads: o.threads,
-        parameters: o.parameters,
-        split_sizes: o.split_sizes,
-        data_checksums: o.data_checksums,
-        config: o.config,
-        resumed_from_step: o.resumed_from_step,
-        ..base_result(cfg, shard, attempt, started_at, traceparent)
-    }
+    ShardResult { status: ShardState::Succeeded, measured, ..base_result(cfg, shard, attempt, started_at, traceparent) }
 }
 
 #[cfg(test)]
@@ -1090,21 +1030,6 @@ mod tests {
         ) -> SharedResult<()> {
             self.inner.dead_letter(body, headers, reason).await
         }
-        async fn dead_letters(&self, limit: usize) -> SharedResult<Vec<DeadLetter>> {
-            self.inner.dead_letters(limit).await
-        }
-        async fn take_dead_letters(&self, prefix: &str) -> SharedResult<Vec<DeadLetter>> {
-            self.inner.take_dead_letters(prefix).await
-        }
-        async fn queue_depth(&self, class: DeviceClass) -> SharedResult<u64> {
-            self.inner.queue_depth(class).await
-        }
-        async fn dead_letter_count(&self) -> SharedResult<u64> {
-            self.inner.dead_letter_count().await
-        }
-        async fn take_dead_letter_notices(&self, max: usize) -> SharedResult<Vec<DeadLetter>> {
-            self.inner.take_dead_letter_notices(max).await
-        }
     }
 
     #[tokio::test]
@@ -1136,7 +1061,7 @@ mod tests {
         broker.publish(messages).await.unwrap();
         let stats = tokio::time::timeout(
             Duration::from_secs(20),
-            run(cfg, Arc::new(broker.clone()), store.clone(), std::future::pending()),
+            run(cfg, Arc::new(broker.clone()), Arc::new(broker.clone()), store.clone(), std::future::pending()),
         )
         .await
         .expect("agent stopped in time")
@@ -1177,7 +1102,7 @@ mod tests {
             .unwrap();
         let broker = Arc::new(Flaky { inner: inner.clone(), consumes: AtomicU32::new(0) });
         let stats =
-            tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), store, std::future::pending()))
+            tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), Arc::new(inner.clone()), store, std::future::pending()))
                 .await
                 .expect("agent stopped in time")
                 .unwrap();

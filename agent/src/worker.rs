@@ -12,63 +12,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, info_span};
 
-use crate::device;
+use qsched_models::device;
 use crate::error::{Error, Result};
-use crate::protocol::{PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame, write_frame};
-
-/// Receives events from the training code.
-pub trait EventSink {
-    /// Reports one event; an error means the supervisor is gone.
-    fn emit(&mut self, event: WorkerEvent) -> Result<()>;
-
-    /// Notes that the training or evaluation loop is making progress. Called often (every
-    /// step and evaluation batch); a sink that reports to a watchdog rate-limits it.
-    fn alive(&mut self, _step: u64) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// How often a [`FrameSink`] forwards [`EventSink::alive`] as a [`WorkerEvent::Alive`].
-pub const ALIVE_EVERY: Duration = Duration::from_secs(1);
-
-/// Writes events as frames to a writer (the worker's stdout).
-#[derive(Debug)]
-pub struct FrameSink<W: std::io::Write> {
-    out: W,
-    last_alive: Option<Instant>,
-}
-
-impl<W: std::io::Write> FrameSink<W> {
-    /// A sink writing frames to `out`.
-    pub fn new(out: W) -> Self {
-        FrameSink { out, last_alive: None }
-    }
-}
-
-impl<W: std::io::Write> EventSink for FrameSink<W> {
-    fn emit(&mut self, event: WorkerEvent) -> Result<()> {
-        self.last_alive = Some(Instant::now());
-        write_frame(&mut self.out, &event)
-    }
-
-    fn alive(&mut self, step: u64) -> Result<()> {
-        if self.last_alive.is_some_and(|at| at.elapsed() < ALIVE_EVERY) {
-            return Ok(());
-        }
-        self.emit(WorkerEvent::Alive { step })
-    }
-}
-
-/// Collects events in memory (tests and benchmarks).
-#[derive(Debug, Default)]
-pub struct VecSink(pub Vec<WorkerEvent>);
-
-impl EventSink for VecSink {
-    fn emit(&mut self, event: WorkerEvent) -> Result<()> {
-        self.0.push(event);
-        Ok(())
-    }
-}
+use crate::protocol::{EventSink, FrameSink, PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame, write_frame};
 
 /// Exit codes of the worker process.
 pub mod exit {
@@ -111,7 +57,7 @@ pub fn main_stdio_logging(default_filter: &str) -> i32 {
             match stdin.read(&mut sink) {
                 // Not `process::exit`: its static destructors would pull libtorch's globals
                 // from under the training thread (see `ffi::exit_now`).
-                Ok(0) | Err(_) => crate::ffi::exit_now(exit::ORPHANED),
+                Ok(0) | Err(_) => qsched_models::ffi::exit_now(exit::ORPHANED),
                 Ok(_) => {}
             }
         }
@@ -173,7 +119,7 @@ pub fn run(request: &WorkerRequest, sink: &mut dyn EventSink) -> Result<()> {
     info!(device = %pinned.describe(), threads = tch::get_num_threads(), "worker pinned");
     // A panic inside libtorch's short-name ops (e.g. CUDA OOM) becomes a failed shard.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::train::run_shard(request, &pinned, sink, started)
+        crate::shard::run_shard(request, &pinned, sink, started)
     }));
     match outcome {
         Ok(Ok(outcome)) => sink.emit(WorkerEvent::Finished(Box::new(outcome))),
@@ -184,7 +130,7 @@ pub fn run(request: &WorkerRequest, sink: &mut dyn EventSink) -> Result<()> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "panic".to_owned());
-            let retryable = crate::error::is_out_of_memory(&message);
+            let retryable = qsched_models::is_out_of_memory(&message);
             Err(Error::Worker { message: format!("panic while training: {message}"), retryable })
         }
     }

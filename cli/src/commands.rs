@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets};
 use serde_json::json;
 
-use shared::broker::Broker;
+use shared::broker::{Broker, BrokerAdmin};
 use shared::shard::{AgentHeartbeat, RunRecord, ShardResult, ShardState, unix_now};
 use shared::spec::{BenchmarkSpec, SpecFile, SpecInput};
 use shared::store::{AttemptError, Store};
@@ -210,7 +210,7 @@ pub async fn running_shards(
 }
 
 /// `qsched status RUN`.
-pub async fn status(store: &dyn Store, broker: Option<&dyn Broker>, run: &str) -> Result<String> {
+pub async fn status(store: &dyn Store, broker: Option<&dyn BrokerAdmin>, run: &str) -> Result<String> {
     let record = get_run(store, run).await?;
     // Shards the broker gave up on while no agent was there to take the notice.
     if let Some(b) = broker {
@@ -639,7 +639,7 @@ pub async fn runs(store: &dyn Store, limit: usize) -> Result<String> {
 }
 
 /// `qsched dead-letters`.
-pub async fn dead_letters(store: &dyn Store, broker: &dyn Broker, limit: usize) -> Result<String> {
+pub async fn dead_letters(store: &dyn Store, broker: &dyn BrokerAdmin, limit: usize) -> Result<String> {
     let total = broker.dead_letter_count().await?;
     let queued = broker.dead_letters(limit).await?;
     let recorded = store.dead_letter_records(limit).await?;
@@ -995,7 +995,7 @@ fn conflicts_message(conflicts: &[render::SettingsConflict], verb: &str) -> Stri
 /// returns the final counts by state.
 pub async fn wait_for_run(
     store: &dyn Store,
-    broker: Option<&dyn Broker>,
+    broker: Option<&dyn BrokerAdmin>,
     run: &str,
     poll: Duration,
     mut on_tick: impl FnMut(usize, usize, &BTreeMap<ShardState, usize>),

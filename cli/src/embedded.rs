@@ -79,7 +79,7 @@ pub async fn run_local(
     // Pin every device before anything is queued: a missing GPU fails here.
     let mut gpu_names = Vec::new();
     for d in &opts.devices {
-        let pinned = agent::device::pin(*d).with_context(|| format!("cannot use device {d}"))?;
+        let pinned = qsched_models::device::pin(*d).with_context(|| format!("cannot use device {d}"))?;
         gpu_names.push(pinned.gpu_name.clone());
     }
     let cpu_agents = opts.devices.iter().filter(|d| **d == DeviceSpec::Cpu).count().max(1) as u32;
@@ -117,7 +117,7 @@ pub async fn run_local(
         let shutdown = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        agents.push(tokio::spawn(supervisor::run(cfg, broker.clone(), store.clone(), shutdown)));
+        agents.push(tokio::spawn(supervisor::run(cfg, broker.clone(), broker.clone(), store.clone(), shutdown)));
     }
     let record = crate::commands::get_run(store.as_ref(), &run_id).await?;
     let waited: Result<()> = loop {

@@ -532,7 +532,7 @@ async fn dashboard(conn: &Conn, args: DashboardArgs) -> Result<()> {
             connect: Box::new(move || {
                 let conn = for_broker.clone();
                 Box::pin(async move {
-                    let b: std::sync::Arc<dyn shared::broker::Broker> = std::sync::Arc::new(broker(&conn).await?);
+                    let b: std::sync::Arc<dyn shared::broker::BrokerAdmin> = std::sync::Arc::new(broker(&conn).await?);
                     Ok(b)
                 })
             }),
@@ -559,7 +559,7 @@ fn report_plotted(plotted: plot::Plotted) {
 /// cancelled, then the final block and why the watch stopped (exit status 0).
 async fn watch_status(
     store: &dyn Store,
-    broker: Option<&dyn shared::broker::Broker>,
+    broker: Option<&dyn shared::broker::BrokerAdmin>,
     run: &str,
     every: Duration,
 ) -> Result<()> {

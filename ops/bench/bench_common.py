@@ -1,6 +1,6 @@
 """Measurement protocol shared by the PyTorch peers of `qbench` (hf_qwen3_train.py,
 torch_mezo_opt.py): device pinning without fallback, the memory counters, the timed
-window and JSON-line output. It mirrors `agent/src/bench.rs` so records compare field
+window and JSON-line output. It mirrors `agent/bench/src/lib.rs` so records compare field
 by field:
 
 * static_memory_bytes: bytes in use after the warm-up steps and zero_grad(set_to_none)

@@ -53,7 +53,7 @@ fi
 
 if [ -z "${QBENCH_BIN:-}" ] || [ -z "${QSCHED_BIN:-}" ]; then
   echo "fleet_sim: building qbench and qsched (profile $PROFILE)" >&2
-  (cd "$repo" && cargo build --quiet --profile "$PROFILE" -p agent --bin qbench \
+  (cd "$repo" && cargo build --quiet --profile "$PROFILE" -p qsched-bench --bin qbench \
     && cargo build --quiet --profile "$PROFILE" -p cli --bin qsched) || die "build failed"
 fi
 dir=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")

@@ -4,7 +4,7 @@ device (the GPU check of the parity fixtures).
 
     python3 ops/parity/check_inspect.py --qagent PATH/qagent --device cuda:0 [--tol 1e-3]
 
-For every fixture under agent/tests/fixtures/parity/ it runs
+For every fixture under agent/models/tests/fixtures/parity/ it runs
 `qagent inspect --model-dir <fixture>/model --tokens <fixture>/tokens.json --device D`,
 and compares the printed fp32 logits with <fixture>/reference.safetensors (written by
 transformers, see make_fixtures.py), exactly as the CPU test does: causal-LM logits at every

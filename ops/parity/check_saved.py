@@ -13,7 +13,7 @@ The Rust test `models::hf::tests::saved_checkpoints_reload_with_identical_logits
 such directories (with tokens.json and qsched_logits.json) when QSCHED_SAVE_CHECK_DIR is
 set:
 
-    QSCHED_SAVE_CHECK_DIR=/tmp/qsched-saved cargo test -p agent saved_checkpoints_reload
+    QSCHED_SAVE_CHECK_DIR=/tmp/qsched-saved cargo test -p qsched-models saved_checkpoints_reload
     for d in /tmp/qsched-saved/*/; do
         /work/venv-parity/bin/python ops/parity/check_saved.py $d $d/tokens.json; done
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the tiny Hugging Face parity fixtures under agent/tests/fixtures/parity/.
+"""Make the tiny Hugging Face parity fixtures under agent/models/tests/fixtures/parity/.
 
 Each fixture is a folder <name>/ with
   model/              an HF checkpoint written by transformers (config.json + weights)
@@ -8,7 +8,7 @@ Each fixture is a folder <name>/ with
   meta.json           transformers/torch versions, what the fixture exercises, and HF's
                       named_parameters() order
 
-The Rust tests (agent/src/models/parity_tests.rs) load model/ with `load_model_dir`, run
+The Rust tests (agent/models/src/parity_tests.rs) load model/ with `load_model_dir`, run
 tokens.json and compare with reference.safetensors.
 
 Run once (CPU is enough), from the repository root, with torch 2.11 and transformers 5.x:

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, info_span};
 
-use shared::broker::{Broker, OutgoingMessage};
+use shared::broker::{Broker, BrokerAdmin, OutgoingMessage};
 use shared::shard::{ModelArch, RunRecord, Shard, ShardState, ShardSummary, unix_now};
 use shared::spec::BenchmarkSpec;
 use shared::store::Store;
@@ -500,7 +500,7 @@ pub enum RetrySelection {
 pub async fn retry(
     run_id: &str,
     selection: RetrySelection,
-    broker: &dyn Broker,
+    broker: &dyn BrokerAdmin,
     store: &dyn Store,
 ) -> Result<Vec<String>> {
     let span = info_span!("retry", otel.kind = "producer", run = %run_id);

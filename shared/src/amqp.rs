@@ -66,7 +66,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Acker, Broker, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER};
+use crate::broker::{Acker, Broker, BrokerAdmin, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER};
 use crate::broker::{PUBLISHED_AT_HEADER, ShardConsumer, invalid_url};
 use crate::device::DeviceClass;
 use crate::error::{Error, Result};
@@ -735,6 +735,13 @@ impl Broker for AmqpBroker {
         Ok(())
     }
 
+    fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+}
+
+#[async_trait]
+impl BrokerAdmin for AmqpBroker {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let queue = self.dead_letter_queue();
         let ch = self.channel().await?;
@@ -810,10 +817,6 @@ impl Broker for AmqpBroker {
         }
         close_channel(&ch).await;
         Ok(taken)
-    }
-
-    fn max_message_bytes(&self) -> usize {
-        self.config.max_message_bytes
     }
 }
 

@@ -140,7 +140,9 @@ pub trait ShardConsumer: Send {
     async fn next(&mut self) -> Option<Result<Delivery>>;
 }
 
-/// A message broker holding one durable queue per device class.
+/// A message broker holding one durable queue per device class: what publishers and
+/// consumers need. Inspection and dead-letter administration are [`BrokerAdmin`], so a
+/// test double of the messaging path implements only these calls.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Declares exchanges and queues (idempotent).
@@ -151,6 +153,16 @@ pub trait Broker: Send + Sync {
     async fn consume(&self, class: DeviceClass, consumer_tag: &str) -> Result<Box<dyn ShardConsumer>>;
     /// Publishes a message straight to the dead-letter queue with a reason.
     async fn dead_letter(&self, body: Vec<u8>, headers: BTreeMap<String, String>, reason: &str) -> Result<()>;
+    /// The largest message `publish` accepts (checked before anything is recorded).
+    fn max_message_bytes(&self) -> usize {
+        crate::wire::DEFAULT_MAX_MESSAGE_BYTES
+    }
+}
+
+/// The broker's administration side: queue depths and the dead-letter queue (listing,
+/// taking out for a retry, notices of new dead letters).
+#[async_trait]
+pub trait BrokerAdmin: Broker {
     /// Lists up to `limit` dead-lettered messages without removing them.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Removes and returns the dead-lettered messages whose message id starts with
@@ -165,10 +177,6 @@ pub trait Broker: Send + Sync {
     /// an agent did, gives one notice; the dead letter itself stays in the dead-letter
     /// queue. [`crate::dead_letters::record_notices`] turns them into shard states.
     async fn take_dead_letter_notices(&self, max: usize) -> Result<Vec<DeadLetter>>;
-    /// The largest message `publish` accepts (checked before anything is recorded).
-    fn max_message_bytes(&self) -> usize {
-        crate::wire::DEFAULT_MAX_MESSAGE_BYTES
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -392,6 +400,10 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+}
+
+#[async_trait]
+impl BrokerAdmin for MemoryBroker {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let s = self.lock();
         Ok(s.dead.iter().take(limit).map(|(m, reason)| letter_of(m, reason)).collect())

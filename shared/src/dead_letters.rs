@@ -7,7 +7,7 @@
 //! already has a terminal state (an agent dead-lettered it itself and said so, or a
 //! result was stored first) keeps it.
 
-use crate::broker::{Broker, DeadLetter, REASON_HEADER};
+use crate::broker::{BrokerAdmin, DeadLetter, REASON_HEADER};
 use crate::error::Result;
 use crate::names::parse_message_id;
 use crate::shard::{ShardState, unix_now};
@@ -32,7 +32,7 @@ pub struct NoticeReport {
 /// A notice whose message id is not `run:shard` (garbage that never was a shard) changes
 /// no state. If the store fails part-way, the notices taken are lost; the dead letters
 /// themselves stay listed by `qsched dead-letters`.
-pub async fn record_notices(broker: &dyn Broker, store: &dyn Store, recorded_by: &str) -> Result<NoticeReport> {
+pub async fn record_notices(broker: &dyn BrokerAdmin, store: &dyn Store, recorded_by: &str) -> Result<NoticeReport> {
     let notices = broker.take_dead_letter_notices(NOTICES_PER_PASS).await?;
     let mut report = NoticeReport { taken: notices.len(), marked_dead: 0 };
     for letter in notices {

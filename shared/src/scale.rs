@@ -103,6 +103,17 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// How results name the precision that ran: `fp32`, `bf16-autocast` (fp32 weights,
+    /// bf16 compute), the one place these labels are written.
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16-autocast",
+        }
+    }
+}
+
 /// Settings of one family of training methods (first- or zeroth-order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

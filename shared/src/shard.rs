@@ -132,33 +132,16 @@ impl ShardState {
     }
 }
 
-/// The final record of one shard, written once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardResult {
-    /// Run id.
-    pub run: String,
-    /// Shard id.
-    pub shard: String,
-    /// Model id.
-    pub model: ModelId,
-    /// Task id.
-    pub task: TaskId,
-    /// Seed.
-    pub seed: u64,
-    /// Scale preset.
-    pub scale: String,
+/// What a worker measured while running a shard: the part of a result that training
+/// and evaluation report. The worker sends it to its supervisor, which flattens it into
+/// the [`ShardResult`] it stores; a shard that failed before reporting keeps the
+/// defaults, with the precision it was asked for.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ShardMeasurements {
     /// Device that ran it (`cpu`, `cuda:0`).
     pub device: String,
     /// GPU product name, when a GPU ran it.
     pub gpu_name: Option<String>,
-    /// Host name of the agent.
-    pub host: String,
-    /// Agent id.
-    pub agent: String,
-    /// Terminal state: succeeded, failed or cancelled.
-    pub status: ShardState,
-    /// Error message for failed shards.
-    pub error: Option<String>,
     /// Test-split metrics of the best-dev checkpoint (name → value).
     pub metrics: BTreeMap<String, f64>,
     /// Dev-split metrics of the best checkpoint.
@@ -183,7 +166,7 @@ pub struct ShardResult {
     pub tokens_per_second: f64,
     /// Non-finite losses skipped (each one resampled, never silently used).
     pub skipped_steps: u64,
-    /// Training precision that ran.
+    /// Training precision that ran ([`crate::scale::Precision::label`]).
     pub precision: String,
     /// Intra-op CPU threads of the worker.
     pub threads: u32,
@@ -195,10 +178,39 @@ pub struct ShardResult {
     pub data_checksums: BTreeMap<String, String>,
     /// The shard as it ran (architecture, settings, weight source).
     pub config: serde_json::Value,
-    /// Delivery attempt that produced this result (1 = first).
-    pub attempt: u32,
     /// Step a resumed run restarted from, if it resumed from a checkpoint.
     pub resumed_from_step: Option<u64>,
+}
+
+/// The final record of one shard, written once: who ran it and how it ended, with what
+/// it measured flattened in (the stored JSON has one level).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardResult {
+    /// Run id.
+    pub run: String,
+    /// Shard id.
+    pub shard: String,
+    /// Model id.
+    pub model: ModelId,
+    /// Task id.
+    pub task: TaskId,
+    /// Seed.
+    pub seed: u64,
+    /// Scale preset.
+    pub scale: String,
+    /// Host name of the agent.
+    pub host: String,
+    /// Agent id.
+    pub agent: String,
+    /// Terminal state: succeeded, failed or cancelled.
+    pub status: ShardState,
+    /// Error message for failed shards.
+    pub error: Option<String>,
+    /// What the worker measured.
+    #[serde(flatten)]
+    pub measured: ShardMeasurements,
+    /// Delivery attempt that produced this result (1 = first).
+    pub attempt: u32,
     /// Unix seconds when the attempt started.
     pub started_at: f64,
     /// Unix seconds when it finished.
@@ -353,32 +365,34 @@ impl ShardResult {
             task: TaskId::Sst2,
             seed: 1,
             scale: "tiny".to_owned(),
-            device: "cpu".to_owned(),
-            gpu_name: None,
             host: "host-a".to_owned(),
             agent: agent.to_owned(),
             status: ShardState::Succeeded,
             error: None,
-            metrics: BTreeMap::from([("accuracy".to_owned(), 0.1 + 0.2)]),
-            dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
-            primary_metric: Some("accuracy".to_owned()),
-            best_step: Some(20),
-            steps: 40,
-            peak_memory_bytes: 123_456_789,
-            peak_memory_kind: "rss".to_owned(),
-            wall_seconds: 12.5,
-            train_seconds: 10.0,
-            steps_per_second: 4.0,
-            tokens_per_second: 2048.0,
-            skipped_steps: 0,
-            precision: "fp32".to_owned(),
-            threads: 2,
-            parameters: 1_000_000,
-            split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
-            data_checksums: BTreeMap::new(),
-            config: serde_json::json!({"lr": 0.001}),
+            measured: ShardMeasurements {
+                device: "cpu".to_owned(),
+                gpu_name: None,
+                metrics: BTreeMap::from([("accuracy".to_owned(), 0.1 + 0.2)]),
+                dev_metrics: BTreeMap::from([("accuracy".to_owned(), 0.9)]),
+                primary_metric: Some("accuracy".to_owned()),
+                best_step: Some(20),
+                steps: 40,
+                peak_memory_bytes: 123_456_789,
+                peak_memory_kind: "rss".to_owned(),
+                wall_seconds: 12.5,
+                train_seconds: 10.0,
+                steps_per_second: 4.0,
+                tokens_per_second: 2048.0,
+                skipped_steps: 0,
+                precision: "fp32".to_owned(),
+                threads: 2,
+                parameters: 1_000_000,
+                split_sizes: BTreeMap::from([("train".to_owned(), 2000)]),
+                data_checksums: BTreeMap::new(),
+                config: serde_json::json!({"lr": 0.001}),
+                resumed_from_step: None,
+            },
             attempt: 1,
-            resumed_from_step: None,
             started_at: 1.0,
             finished_at: 13.5,
             traceparent: None,

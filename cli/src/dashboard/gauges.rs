@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use shared::broker::Broker;
+use shared::broker::BrokerAdmin;
 use shared::shard::{ShardState, unix_now};
 use shared::store::Store;
 use shared::{DeviceClass, DeviceSpec};
@@ -61,7 +61,7 @@ pub struct FleetCounts {
 
 /// Counts the most recent [`RUNS_COUNTED`] runs, their shards, the queues and the agents.
 /// A broker that cannot be reached leaves the queue gauges out (an absent series, not a 0).
-pub async fn count(store: &dyn Store, broker: Option<&dyn Broker>) -> Result<FleetCounts> {
+pub async fn count(store: &dyn Store, broker: Option<&dyn BrokerAdmin>) -> Result<FleetCounts> {
     let mut counts = FleetCounts::default();
     for id in store.list_runs(RUNS_COUNTED).await? {
         let Some(record) = store.get_run(&id).await? else { continue };

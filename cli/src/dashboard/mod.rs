@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use shared::ModelId;
-use shared::broker::Broker;
+use shared::broker::BrokerAdmin;
 use shared::local_store::LocalStore;
 use shared::store::Store;
 
@@ -75,7 +75,7 @@ impl std::fmt::Debug for Source {
 }
 
 /// A broker connection being made.
-pub type BrokerFuture = std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn Broker>>> + Send>>;
+pub type BrokerFuture = std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn BrokerAdmin>>> + Send>>;
 
 impl Source {
     fn describe(&self) -> String {
@@ -101,7 +101,7 @@ pub struct Config {
 
 struct AppState {
     source: Source,
-    broker: Mutex<Option<Arc<dyn Broker>>>,
+    broker: Mutex<Option<Arc<dyn BrokerAdmin>>>,
     access: Access,
     traces: TraceLinks,
     refresh_secs: u64,
@@ -158,7 +158,7 @@ impl AppState {
 
     /// The broker for queue depths: `None` for the local store, `Err(why)` while it cannot
     /// be reached (tried again on the next request).
-    async fn broker(&self) -> Option<std::result::Result<Arc<dyn Broker>, String>> {
+    async fn broker(&self) -> Option<std::result::Result<Arc<dyn BrokerAdmin>, String>> {
         let Source::Fleet { connect, .. } = &self.source else { return None };
         let mut held = self.broker.lock().await;
         if let Some(b) = held.as_ref() {
@@ -389,7 +389,7 @@ async fn fleet(State(state): State<Arc<AppStateDebug>>) -> ApiResult {
     let broker = s.broker().await;
     let view = views::fleet(
         store.as_ref(),
-        broker.as_ref().map(|b| b.as_ref().map(|b| b.as_ref() as &dyn Broker).map_err(Clone::clone)),
+        broker.as_ref().map(|b| b.as_ref().map(|b| b.as_ref() as &dyn BrokerAdmin).map_err(Clone::clone)),
     )
     .await?;
     if view["queues"].get("error").is_some() {

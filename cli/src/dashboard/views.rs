@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use shared::broker::Broker;
+use shared::broker::BrokerAdmin;
 use shared::shard::{AgentHeartbeat, RunRecord, ShardResult, ShardState, unix_now};
 use shared::store::{METRIC_STREAM_MAXLEN, Store};
 use shared::{DeviceClass, ModelId};
@@ -287,7 +287,7 @@ pub async fn results(store: &dyn Store, run: &str, metric: Option<&str>, baselin
 /// `GET /api/fleet`: live agents (heartbeat age, stale flag, current shard), queue depths
 /// and dead letters. `broker` is `None` where there is none (the local store), or
 /// `Err(why)` when it cannot be reached: the page says so instead of showing zeros.
-pub async fn fleet(store: &dyn Store, broker: Option<Result<&dyn Broker, String>>) -> Result<Value> {
+pub async fn fleet(store: &dyn Store, broker: Option<Result<&dyn BrokerAdmin, String>>) -> Result<Value> {
     let mut agents = store.agents().await?;
     agents.sort_by(|a, b| a.agent.cmp(&b.agent));
     let now = unix_now();
@@ -338,7 +338,7 @@ pub async fn fleet(store: &dyn Store, broker: Option<Result<&dyn Broker, String>
 }
 
 /// Ready messages per device-class queue and in the dead-letter queue.
-pub async fn queue_depths(broker: &dyn Broker) -> Result<Value> {
+pub async fn queue_depths(broker: &dyn BrokerAdmin) -> Result<Value> {
     Ok(json!({
         "cpu": broker.queue_depth(DeviceClass::Cpu).await?,
         "cuda": broker.queue_depth(DeviceClass::Cuda).await?,
