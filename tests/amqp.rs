@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
 use shared::amqp::{AmqpBroker, AmqpConfig};
-use shared::broker::{Broker, Delivery, OutgoingMessage, ShardConsumer, TRACEPARENT_HEADER};
+use shared::broker::{Broker, BrokerAdmin, Delivery, OutgoingMessage, ShardConsumer, TRACEPARENT_HEADER};
 use shared::dead_letters::{NoticeReport, record_notices};
 use shared::error::Error;
 use shared::shard::ShardState;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
-use shared::broker::{Broker, OutgoingMessage};
+use shared::broker::{Broker, BrokerAdmin, OutgoingMessage};
 use shared::redis_store::{RedisConfig, RedisStore};
 use shared::shard::{Shard, ShardState};
 use shared::spec::{BenchmarkSpec, ModelInit};
@@ -291,7 +291,11 @@ async fn a_stopped_worker_is_flagged_killed_and_its_shard_requeued() {
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0].attempt, 1);
     assert!(first[0].error.contains("no progress"), "{}", first[0].error);
-    assert!(result.resumed_from_step.is_some_and(|s| s >= 20), "resumed from {:?}", result.resumed_from_step);
+    assert!(
+        result.measured.resumed_from_step.is_some_and(|s| s >= 20),
+        "resumed from {:?}",
+        result.measured.resumed_from_step
+    );
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "the stopped worker was not killed");
     assert!(fleet.broker().dead_letters(10).await.unwrap().is_empty());
     agent.kill();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use shared::DeviceClass;
 use shared::amqp::{AmqpBroker, AmqpConfig};
-use shared::broker::{Broker, OutgoingMessage};
+use shared::broker::{Broker, BrokerAdmin, OutgoingMessage};
 use shared::redis_store::{RedisConfig, RedisStore};
 use shared::shard::{Shard, ShardState};
 use shared::spec::BenchmarkSpec;
@@ -414,7 +414,7 @@ async fn long_suite() {
                 None => lost.push(format!("{run}/{id}")),
                 Some(r) if r.status != expected => failed.push(format!("{run}/{id}: {:?}", r.error)),
                 Some(r) => {
-                    if r.resumed_from_step.is_some() {
+                    if r.measured.resumed_from_step.is_some() {
                         resumed_results.push(r);
                     }
                 }
@@ -464,7 +464,9 @@ async fn long_suite() {
         assert!(out.status.success(), "{stderr}");
         let local: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         compared += 1;
-        if local[0]["metrics"] != serde_json::to_value(&r.metrics).unwrap() || local[0]["shard"] != r.shard.as_str() {
+        if local[0]["metrics"] != serde_json::to_value(&r.measured.metrics).unwrap()
+            || local[0]["shard"] != r.shard.as_str()
+        {
             differ.push(r.shard.clone());
         }
     }

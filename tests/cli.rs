@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
-use shared::broker::Broker;
-use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardResult, ShardState, unix_now};
+use shared::broker::{Broker, BrokerAdmin};
+use shared::shard::{AgentHeartbeat, MetricPoint, Shard, ShardMeasurements, ShardResult, ShardState, unix_now};
 use shared::store::Store;
 
 use crate::procs::{Fleet, bin, data_dir, text};
@@ -330,32 +330,34 @@ fn result_for(shard: &Shard, status: ShardState, accuracy: f64) -> ShardResult {
         task: shard.task,
         seed: shard.seed,
         scale: shard.scale.clone(),
-        device: "cpu".into(),
-        gpu_name: None,
         host: "host-a".into(),
         agent: "host-a:cpu:1".into(),
         status,
         error: (!ok).then(|| "boom".to_owned()),
-        metrics: if ok { BTreeMap::from([("accuracy".to_owned(), accuracy)]) } else { BTreeMap::new() },
-        dev_metrics: BTreeMap::new(),
-        primary_metric: ok.then(|| "accuracy".to_owned()),
-        best_step: Some(10),
-        steps: 10,
-        peak_memory_bytes: 100 << 20,
-        peak_memory_kind: "host_rss_peak".into(),
-        wall_seconds: 2.0,
-        train_seconds: 1.0,
-        steps_per_second: 10.0,
-        tokens_per_second: 1000.0,
-        skipped_steps: 0,
-        precision: "fp32".into(),
-        threads: 1,
-        parameters: 1,
-        split_sizes: BTreeMap::new(),
-        data_checksums: BTreeMap::new(),
-        config: serde_json::json!({ "shard": shard, "evaluations": [] }),
+        measured: ShardMeasurements {
+            device: "cpu".into(),
+            gpu_name: None,
+            metrics: if ok { BTreeMap::from([("accuracy".to_owned(), accuracy)]) } else { BTreeMap::new() },
+            dev_metrics: BTreeMap::new(),
+            primary_metric: ok.then(|| "accuracy".to_owned()),
+            best_step: Some(10),
+            steps: 10,
+            peak_memory_bytes: 100 << 20,
+            peak_memory_kind: "host_rss_peak".into(),
+            wall_seconds: 2.0,
+            train_seconds: 1.0,
+            steps_per_second: 10.0,
+            tokens_per_second: 1000.0,
+            skipped_steps: 0,
+            precision: "fp32".into(),
+            threads: 1,
+            parameters: 1,
+            split_sizes: BTreeMap::new(),
+            data_checksums: BTreeMap::new(),
+            config: serde_json::json!({ "shard": shard, "evaluations": [] }),
+            resumed_from_step: None,
+        },
         attempt: 1,
-        resumed_from_step: None,
         started_at: 0.0,
         finished_at: 0.0,
         traceparent: None,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use shared::DeviceClass;
-use shared::broker::{Broker, OutgoingMessage};
+use shared::broker::{Broker, BrokerAdmin, OutgoingMessage};
 use shared::shard::ShardState;
 use shared::spec::BenchmarkSpec;
 use shared::store::Store;
@@ -64,10 +64,10 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert_eq!(ids, expected);
     for r in &results {
         assert_eq!(r.status, ShardState::Succeeded, "{}: {:?}", r.shard, r.error);
-        let acc = r.metrics["accuracy"];
+        let acc = r.measured.metrics["accuracy"];
         assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
-        assert_eq!(r.split_sizes["test"], 200);
-        assert!(r.peak_memory_bytes > 0 && r.wall_seconds > 0.0 && r.steps == 150);
+        assert_eq!(r.measured.split_sizes["test"], 200);
+        assert!(r.measured.peak_memory_bytes > 0 && r.measured.wall_seconds > 0.0 && r.measured.steps == 150);
     }
     // The killed agent's shard was delivered again and finished on the survivor.
     let redone = results.iter().find(|r| r.shard == killed_shard).unwrap();
@@ -76,7 +76,7 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert!(fleet.store.attempts(&run).await.unwrap()[&killed_shard] >= 2);
     // It resumed from the checkpoint the killed agent wrote (every 10 steps, killed at
     // step 20 or later) ...
-    let resumed = redone.resumed_from_step.expect("the redelivered shard resumed from a checkpoint");
+    let resumed = redone.measured.resumed_from_step.expect("the redelivered shard resumed from a checkpoint");
     assert!(resumed >= 20 && resumed % 10 == 0, "resumed from step {resumed}");
     // ... and ended exactly where an uninterrupted run of the same shard ends.
     let seed = redone.seed.to_string();
@@ -97,10 +97,10 @@ async fn six_shards_two_agents_one_killed_mid_shard() {
     assert_eq!(local["resumed_from_step"], serde_json::Value::Null);
     assert_eq!(
         local["metrics"],
-        serde_json::to_value(&redone.metrics).unwrap(),
+        serde_json::to_value(&redone.measured.metrics).unwrap(),
         "resumed run differs from an uninterrupted one"
     );
-    assert_eq!(local["config"]["evaluations"], redone.config["evaluations"]);
+    assert_eq!(local["config"]["evaluations"], redone.measured.config["evaluations"]);
     // Checkpoints of finished shards are removed once their results are stored.
     let leftover: Vec<_> =
         std::fs::read_dir(checkpoints.path().join(run.as_str())).map(|d| d.flatten().collect()).unwrap_or_default();

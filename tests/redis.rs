@@ -303,13 +303,18 @@ async fn results_round_trip_floats_exactly() {
         .into_iter()
         .enumerate()
     {
-        r.metrics.insert(format!("m{i}"), v);
+        r.measured.metrics.insert(format!("m{i}"), v);
     }
-    r.wall_seconds = 198.61234567890123;
+    r.measured.wall_seconds = 198.61234567890123;
     assert!(s.put_result(&r).await.unwrap());
     let back = s.get_result("r1", "s1").await.unwrap().unwrap();
-    for (k, v) in &r.metrics {
-        assert_eq!(back.metrics[k].to_bits(), v.to_bits(), "{k}: {v} came back as {}", back.metrics[k]);
+    for (k, v) in &r.measured.metrics {
+        assert_eq!(
+            back.measured.metrics[k].to_bits(),
+            v.to_bits(),
+            "{k}: {v} came back as {}",
+            back.measured.metrics[k]
+        );
     }
-    assert_eq!(back.wall_seconds.to_bits(), r.wall_seconds.to_bits());
+    assert_eq!(back.measured.wall_seconds.to_bits(), r.measured.wall_seconds.to_bits());
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agent::sim::{FleetSimConfig, Journal, run_fleet};
 use shared::DeviceClass;
-use shared::broker::Broker;
+use shared::broker::BrokerAdmin;
 use shared::shard::ShardState;
 use shared::store::Store;
 
@@ -62,7 +62,7 @@ async fn eight_simulated_agents_handle_each_of_200_shards_once() {
     assert_eq!(stored, expected);
     for r in &results {
         assert_eq!(r.status, ShardState::Succeeded, "{}: {:?}", r.shard, r.error);
-        assert_eq!(r.config["executor"], "no-op");
+        assert_eq!(r.measured.config["executor"], "no-op");
         assert_eq!(r.attempt, 1, "{} took {} attempts", r.shard, r.attempt);
     }
     let states = store.states(&run).await.unwrap();

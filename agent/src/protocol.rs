@@ -94,10 +94,9 @@ pub enum WorkerEvent {
 /// One frame's bytes: the u32 little-endian length of the body, then the body.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let body = shared::wire::encode(value)?;
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|&n| n as usize <= MAX_FRAME_BYTES)
-        .ok_or_else(|| Error::Worker { message: format!("frame of {} bytes exceeds the limit", body.len()), retryable: false })?;
+    let len = u32::try_from(body.len()).ok().filter(|&n| n as usize <= MAX_FRAME_BYTES).ok_or_else(|| {
+        Error::Worker { message: format!("frame of {} bytes exceeds the limit", body.len()), retryable: false }
+    })?;
     let mut bytes = Vec::with_capacity(4 + body.len());
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes.extend_from_slice(&body);
@@ -209,10 +208,12 @@ impl<W: Write> EventSink for FrameSink<W> {
     }
 }
 
-/// Collects events in memory (tests and benchmarks).
+/// Collects events in memory (tests).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct VecSink(pub Vec<WorkerEvent>);
 
+#[cfg(test)]
 impl EventSink for VecSink {
     fn emit(&mut self, event: WorkerEvent) -> Result<()> {
         self.0.push(event);

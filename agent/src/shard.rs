@@ -18,15 +18,15 @@ use shared::scale::Precision;
 use shared::shard::Shard;
 
 use qsched_data::encode::{encode_candidates, encode_classifier};
+use qsched_data::facts::task_info;
 use qsched_data::metrics::compute_task_metrics;
 use qsched_data::prompts::{InputFormat, TrainObjective, train_objective};
 use qsched_data::split::{TaskSplits, split_task};
-use qsched_data::facts::task_info;
 use qsched_data::tasks::{Example, load_task};
 use qsched_data::tokenize::{TextTokenizer, TokenizerKind};
-use qsched_methods::optim;
 use qsched_methods::batches::{BatchOrder, SeedPurpose, step_seed, stream, torch_seed};
 use qsched_methods::method::{self, Method, StepContext};
+use qsched_methods::optim;
 use qsched_methods::task_model::{self, Batch, Collected, Encoded, Net, scalar};
 use qsched_models::audit;
 use qsched_models::device::PinnedDevice;
@@ -190,14 +190,18 @@ fn encode_split(
     let max_len = shard.data.max_seq_len as usize;
     match format {
         InputFormat::ClassifierHead => {
-            let v =
-                examples.iter().map(|e| encode_classifier(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
+            let v = examples
+                .iter()
+                .map(|e| encode_classifier(shard.task, e, tok, max_len))
+                .collect::<Result<Vec<_>, qsched_data::Error>>()?;
             let truncated = v.iter().filter(|e| e.truncated).count();
             Ok((Encoded::Classifier(v), truncated))
         }
         InputFormat::PromptLabelWords => {
-            let v =
-                examples.iter().map(|e| encode_candidates(shard.task, e, tok, max_len)).collect::<Result<Vec<_>>>()?;
+            let v = examples
+                .iter()
+                .map(|e| encode_candidates(shard.task, e, tok, max_len))
+                .collect::<Result<Vec<_>, qsched_data::Error>>()?;
             let truncated = v.iter().filter(|e| e.truncated).count();
             Ok((Encoded::Candidates(v), truncated))
         }
@@ -295,7 +299,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// The training examples at `indices` as a training batch on the device.
-    fn train_batch(&self, indices: &[usize]) -> Result<Batch> {
+    fn train_batch(&self, indices: &[usize]) -> qsched_methods::Result<Batch> {
         task_model::collate(&self.data.train, indices, self.objective, true, self.pad, self.pinned.device)
     }
 
@@ -437,7 +441,7 @@ impl Run<'_> {
                 let idx: Vec<usize> = (start..(start + ebs).min(n)).collect();
                 let batch =
                     task_model::collate(&split.data, &idx, self.objective, false, self.pad, self.pinned.device)?;
-                tch::autocast(self.autocast, || -> Result<()> {
+                tch::autocast(self.autocast, || -> qsched_methods::Result<()> {
                     loss_sum += scalar(&task_model::batch_loss(self.net, &batch, false)?)?;
                     task_model::predict(self.net, &batch, &mut collected)
                 })?;

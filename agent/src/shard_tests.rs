@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
+use tch::{Device, Tensor, nn};
+
 use shared::device::DeviceClass;
 use shared::ids::Family;
 use shared::scale::{self, DataSettings, DizoSettings};
@@ -19,7 +21,6 @@ use shared::spec::ModelInit;
 use shared::{DeviceSpec, ModelId, TaskId};
 
 use qsched_data::facts::metric_names;
-use qsched_methods::optim::AdamW;
 use qsched_methods::task_model::{self, Net};
 use qsched_models::test_util::rng_guard;
 
@@ -167,7 +168,7 @@ fn smoke(model: ModelId) -> BTreeMap<TaskId, Vec<WorkerEvent>> {
         let result = run_request(&request(shard.clone(), None), &mut sink);
         if task == TaskId::Stsb && model.family() == Family::Opt {
             match result {
-                Err(Error::Unsupported(msg)) => assert!(msg.contains("STS-B"), "{msg}"),
+                Err(e @ Error::UnsupportedPair { .. }) => assert!(e.to_string().contains("STS-B"), "{e}"),
                 other => panic!("{model} × STS-B must be refused as unsupported, got {other:?}"),
             }
             assert!(sink.0.is_empty(), "nothing starts for an unsupported pair");
@@ -250,10 +251,13 @@ fn qwen3_checkpoint_reaches_rev_qwen3_only_when_the_spec_asks() {
     };
 
     let err = build(ModelId::RevQwen3, ModelInit::Pretrained { dir: dir_str.clone() }).unwrap_err();
-    assert!(matches!(err, Error::Refused(_)) && err.to_string().contains("rev_qwen3_from_qwen3 = true"), "{err}");
+    assert!(
+        matches!(err, qsched_methods::Error::InitRefused(_)) && err.to_string().contains("rev_qwen3_from_qwen3 = true"),
+        "{err}"
+    );
     let converted = ModelInit::Qwen3CheckpointInRevQwen3 { dir: dir_str.clone() };
     let err = build(ModelId::Qwen3, converted.clone()).unwrap_err();
-    assert!(matches!(err, Error::Refused(_)), "{err}");
+    assert!(matches!(err, qsched_methods::Error::InitRefused(_)), "{err}");
     let (_vs, net) = build(ModelId::RevQwen3, converted.clone()).unwrap();
     assert!(matches!(net, Net::RevQwen3(_)));
     let loaded = net.named_parameters().into_iter().find(|(n, _)| n == "model.layers.0.mlp.up_proj.weight").unwrap().1;
@@ -447,4 +451,3 @@ fn resume_equals_uninterrupted_qwen3() {
 fn resume_equals_uninterrupted_dizo_opt() {
     resume_equals_uninterrupted(ModelId::DizoOpt);
 }
-

@@ -27,14 +27,14 @@ use tracing::{info, warn};
 
 use shared::DeviceSpec;
 use shared::amqp::{AmqpBroker, AmqpConfig};
-use shared::broker::{Acker, Broker, DeadLetter, Delivery, OutgoingMessage, ShardConsumer};
+use shared::broker::{Acker, Broker, Delivery, OutgoingMessage, ShardConsumer};
 use shared::redis_store::{RedisConfig, RedisStore};
 use shared::shard::{Shard, unix_now};
 use shared::{DeviceClass, Result as SharedResult};
 
 use crate::error::{Error, Result};
-use shared::shard::ShardMeasurements;
 use crate::supervisor::{self, AgentConfig, AgentStats, Executor};
+use shared::shard::ShardMeasurements;
 
 /// How often [`run_fleet`] looks at the journal while waiting.
 const POLL: Duration = Duration::from_millis(20);

@@ -30,8 +30,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -614,7 +614,7 @@ async fn process_shard(
         WorkerEnd::Finished(outcome) => {
             let result = success_result(cfg, &shard, attempt, *outcome, started_at, traceparent);
             stored!("store the result", shutdown, delivery, store_result(store, &result));
-            cfg.metrics.shard_succeeded(&shard, result.peak_memory_bytes, &result.peak_memory_kind);
+            cfg.metrics.shard_succeeded(&shard, result.measured.peak_memory_bytes, &result.measured.peak_memory_kind);
             // The result is durable: the checkpoints are not needed any more, whether or
             // not the ack below reaches the broker (a redelivery finds the result).
             remove_checkpoints(checkpoints.as_ref());
@@ -986,7 +986,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use async_trait::async_trait;
-    use shared::broker::{DeadLetter, MemoryBroker, OutgoingMessage, ShardConsumer};
+    use shared::broker::{MemoryBroker, OutgoingMessage, ShardConsumer};
     use shared::store::MemoryStore;
     use shared::{DeviceClass, Result as SharedResult};
 
@@ -1070,7 +1070,7 @@ mod tests {
         assert_eq!(broker.outstanding(), 0, "every delivery acked");
         let live = store.results("r-live").await.unwrap();
         assert_eq!(live.len(), 2);
-        assert!(live.iter().all(|r| r.status == ShardState::Succeeded && r.config["executor"] == "no-op"));
+        assert!(live.iter().all(|r| r.status == ShardState::Succeeded && r.measured.config["executor"] == "no-op"));
         // The cancelled run's shard never reached the executor.
         let cancelled = store.results("r-cancelled").await.unwrap();
         assert_eq!(cancelled.len(), 1);
@@ -1101,11 +1101,13 @@ mod tests {
             .await
             .unwrap();
         let broker = Arc::new(Flaky { inner: inner.clone(), consumes: AtomicU32::new(0) });
-        let stats =
-            tokio::time::timeout(Duration::from_secs(20), run(cfg, broker.clone(), Arc::new(inner.clone()), store, std::future::pending()))
-                .await
-                .expect("agent stopped in time")
-                .unwrap();
+        let stats = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(cfg, broker.clone(), Arc::new(inner.clone()), store, std::future::pending()),
+        )
+        .await
+        .expect("agent stopped in time")
+        .unwrap();
         assert!(broker.consumes.load(Ordering::SeqCst) >= 2, "it consumed again");
         assert_eq!(stats.duplicates, 1, "the redelivery was acked without running");
         assert_eq!(inner.outstanding(), 0);

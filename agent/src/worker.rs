@@ -8,13 +8,13 @@
 //! supervisor died), so an orphaned worker never keeps a GPU busy.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{error, info, info_span};
 
-use qsched_models::device;
 use crate::error::{Error, Result};
-use crate::protocol::{EventSink, FrameSink, PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame, write_frame};
+use crate::protocol::{EventSink, FrameSink, PROTOCOL_VERSION, WorkerEvent, WorkerRequest, read_frame};
+use qsched_models::device;
 
 /// Exit codes of the worker process.
 pub mod exit {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets};
 use serde_json::json;
 
-use shared::broker::{Broker, BrokerAdmin};
+use shared::broker::BrokerAdmin;
 use shared::shard::{AgentHeartbeat, RunRecord, ShardResult, ShardState, unix_now};
 use shared::spec::{BenchmarkSpec, SpecFile, SpecInput};
 use shared::store::{AttemptError, Store};
@@ -307,7 +307,7 @@ pub async fn estimate_run_eta(
         .await?
         .iter()
         .filter(|r| matches!(r.status, ShardState::Succeeded | ShardState::Failed))
-        .map(|r| r.wall_seconds)
+        .map(|r| r.measured.wall_seconds)
         .collect();
     let class = record.shards.first().map(|s| s.device_class);
     let agents = class.map_or(0, |c| agents_of_class(agents, c));
@@ -1036,6 +1036,7 @@ pub async fn wait_for_run(
 mod tests {
     use super::*;
     use shared::broker::MemoryBroker;
+    use shared::shard::ShardMeasurements;
     use shared::store::MemoryStore;
 
     #[test]
@@ -1204,7 +1205,7 @@ mod tests {
             r.run = run.into();
             r.shard = shard.shard_id.to_string();
             r.task = shard.task;
-            r.config = json!({ "shard": shard, "evaluations": [] });
+            r.measured.config = json!({ "shard": shard, "evaluations": [] });
             assert!(store.put_result(&r).await.unwrap());
         }
     }
@@ -1350,32 +1351,34 @@ mod tests {
             task: s.task,
             seed: s.seed,
             scale: "tiny".into(),
-            device: "cpu".into(),
-            gpu_name: None,
             host: "host".into(),
             agent: "host:cpu:1".into(),
             status: ShardState::Succeeded,
             error: None,
-            metrics: BTreeMap::new(),
-            dev_metrics: BTreeMap::new(),
-            primary_metric: None,
-            best_step: None,
-            steps: 100,
-            peak_memory_bytes: 0,
-            peak_memory_kind: "host_rss_peak".into(),
-            wall_seconds,
-            train_seconds: wall_seconds,
-            steps_per_second: 1.0,
-            tokens_per_second: 1.0,
-            skipped_steps: 0,
-            precision: "fp32".into(),
-            threads: 1,
-            parameters: 1,
-            split_sizes: BTreeMap::new(),
-            data_checksums: BTreeMap::new(),
-            config: serde_json::Value::Null,
+            measured: ShardMeasurements {
+                device: "cpu".into(),
+                gpu_name: None,
+                metrics: BTreeMap::new(),
+                dev_metrics: BTreeMap::new(),
+                primary_metric: None,
+                best_step: None,
+                steps: 100,
+                peak_memory_bytes: 0,
+                peak_memory_kind: "host_rss_peak".into(),
+                wall_seconds,
+                train_seconds: wall_seconds,
+                steps_per_second: 1.0,
+                tokens_per_second: 1.0,
+                skipped_steps: 0,
+                precision: "fp32".into(),
+                threads: 1,
+                parameters: 1,
+                split_sizes: BTreeMap::new(),
+                data_checksums: BTreeMap::new(),
+                config: serde_json::Value::Null,
+                resumed_from_step: None,
+            },
             attempt: 1,
-            resumed_from_step: None,
             started_at: 0.0,
             finished_at: 0.0,
             traceparent: None,

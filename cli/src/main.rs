@@ -403,7 +403,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             check_runs(store.as_ref(), &conn, &from, std::slice::from_ref(&run)).await?;
             // A local run has no broker: its queue lived and died in its own process.
             let broker = if from.local { None } else { broker(&conn).await.ok() };
-            let broker = broker.as_ref().map(|b| b as &dyn shared::broker::Broker);
+            let broker = broker.as_ref().map(|b| b as &dyn shared::broker::BrokerAdmin);
             let Some(secs) = watch else {
                 print!("{}", commands::status(store.as_ref(), broker, &run).await?);
                 return Ok(());

@@ -32,32 +32,32 @@ pub fn result_json(r: &ShardResult) -> Value {
         "task": r.task,
         "seed": r.seed,
         "scale": r.scale,
-        "device": r.device,
-        "gpu_name": r.gpu_name,
+        "device": r.measured.device,
+        "gpu_name": r.measured.gpu_name,
         "host": r.host,
         "agent": r.agent,
         "status": r.status,
         "error": r.error,
-        "metrics": r.metrics,
-        "dev_metrics": r.dev_metrics,
-        "primary_metric": r.primary_metric,
-        "best_step": r.best_step,
-        "steps": r.steps,
-        "peak_memory_bytes": r.peak_memory_bytes,
-        "peak_memory_kind": r.peak_memory_kind,
-        "wall_seconds": r.wall_seconds,
-        "train_seconds": r.train_seconds,
-        "steps_per_second": r.steps_per_second,
-        "tokens_per_second": r.tokens_per_second,
-        "skipped_steps": r.skipped_steps,
-        "precision": r.precision,
-        "threads": r.threads,
-        "parameters": r.parameters,
-        "split_sizes": r.split_sizes,
-        "data_checksums": r.data_checksums,
+        "metrics": r.measured.metrics,
+        "dev_metrics": r.measured.dev_metrics,
+        "primary_metric": r.measured.primary_metric,
+        "best_step": r.measured.best_step,
+        "steps": r.measured.steps,
+        "peak_memory_bytes": r.measured.peak_memory_bytes,
+        "peak_memory_kind": r.measured.peak_memory_kind,
+        "wall_seconds": r.measured.wall_seconds,
+        "train_seconds": r.measured.train_seconds,
+        "steps_per_second": r.measured.steps_per_second,
+        "tokens_per_second": r.measured.tokens_per_second,
+        "skipped_steps": r.measured.skipped_steps,
+        "precision": r.measured.precision,
+        "threads": r.measured.threads,
+        "parameters": r.measured.parameters,
+        "split_sizes": r.measured.split_sizes,
+        "data_checksums": r.measured.data_checksums,
         "attempt": r.attempt,
-        "resumed_from_step": r.resumed_from_step,
-        "config": r.config,
+        "resumed_from_step": r.measured.resumed_from_step,
+        "config": r.measured.config,
         "traceparent": r.traceparent,
     })
 }
@@ -187,14 +187,15 @@ pub fn aggregate_by(results: &[ShardResult], metric: Option<&str>) -> Vec<Aggreg
         .map(|key| {
             let rs = &groups[&key];
             let ok: Vec<&&ShardResult> = rs.iter().filter(|r| r.status == ShardState::Succeeded).collect();
-            let metric = metric.map(str::to_owned).or_else(|| ok.iter().find_map(|r| r.primary_metric.clone()));
-            let mut names: Vec<String> = ok.iter().flat_map(|r| r.metrics.keys().cloned()).collect();
+            let metric =
+                metric.map(str::to_owned).or_else(|| ok.iter().find_map(|r| r.measured.primary_metric.clone()));
+            let mut names: Vec<String> = ok.iter().flat_map(|r| r.measured.metrics.keys().cloned()).collect();
             names.sort();
             names.dedup();
             let metrics = names
                 .into_iter()
                 .filter_map(|n| {
-                    let v: Vec<f64> = ok.iter().filter_map(|r| r.metrics.get(&n).copied()).collect();
+                    let v: Vec<f64> = ok.iter().filter_map(|r| r.measured.metrics.get(&n).copied()).collect();
                     summarize(&v).map(|s| (n, s))
                 })
                 .collect::<BTreeMap<_, _>>();
@@ -206,9 +207,9 @@ pub fn aggregate_by(results: &[ShardResult], metric: Option<&str>) -> Vec<Aggreg
                 metric,
                 primary,
                 metrics,
-                peak_memory: col(|r| r.peak_memory_bytes as f64),
-                wall_seconds: col(|r| r.wall_seconds),
-                tokens_per_second: col(|r| r.tokens_per_second),
+                peak_memory: col(|r| r.measured.peak_memory_bytes as f64),
+                wall_seconds: col(|r| r.measured.wall_seconds),
+                tokens_per_second: col(|r| r.measured.tokens_per_second),
                 failed: rs.len() - ok.len(),
                 seeds: ok.iter().map(|r| r.seed).collect(),
             }
@@ -343,8 +344,11 @@ pub fn markdown_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> Strin
 
 /// Names of the metrics that succeeded results report, sorted: what `--metric` accepts.
 pub fn metric_names(results: &[ShardResult]) -> Vec<String> {
-    let mut names: Vec<String> =
-        results.iter().filter(|r| r.status == ShardState::Succeeded).flat_map(|r| r.metrics.keys().cloned()).collect();
+    let mut names: Vec<String> = results
+        .iter()
+        .filter(|r| r.status == ShardState::Succeeded)
+        .flat_map(|r| r.measured.metrics.keys().cloned())
+        .collect();
     names.sort();
     names.dedup();
     names
@@ -367,7 +371,7 @@ const PER_SHARD_FIELDS: [&str; 4] = ["run_id", "shard_id", "index", "seed"];
 /// runs. A successful result records its shard under `config.shard`, a failed one as
 /// `config` itself. `None` when the result records no configuration.
 pub fn settings_of(r: &ShardResult) -> Option<Value> {
-    let shard = match &r.config {
+    let shard = match &r.measured.config {
         Value::Null => return None,
         Value::Object(m) if m.get("shard").is_some_and(Value::is_object) => m["shard"].clone(),
         other => other.clone(),
@@ -482,6 +486,7 @@ pub fn settings_conflicts(results: &[ShardResult]) -> Vec<SettingsConflict> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use shared::shard::ShardMeasurements;
 
     pub(crate) fn result(model: ModelId, seed: u64, acc: Option<f64>) -> ShardResult {
         let mut metrics = BTreeMap::new();
@@ -495,32 +500,34 @@ pub(crate) mod tests {
             task: TaskId::Sst2,
             seed,
             scale: "tiny".into(),
-            device: "cpu".into(),
-            gpu_name: None,
             host: "h".into(),
             agent: "a".into(),
             status: if acc.is_some() { ShardState::Succeeded } else { ShardState::Failed },
             error: acc.is_none().then(|| "boom".to_owned()),
-            metrics,
-            dev_metrics: BTreeMap::new(),
-            primary_metric: acc.is_some().then(|| "accuracy".to_owned()),
-            best_step: Some(10),
-            steps: 10,
-            peak_memory_bytes: 100 * 1024 * 1024,
-            peak_memory_kind: "host_rss_peak".into(),
-            wall_seconds: 2.0,
-            train_seconds: 1.0,
-            steps_per_second: 10.0,
-            tokens_per_second: 1000.0,
-            skipped_steps: 0,
-            precision: "fp32".into(),
-            threads: 2,
-            parameters: 1,
-            split_sizes: BTreeMap::new(),
-            data_checksums: BTreeMap::new(),
-            config: Value::Null,
+            measured: ShardMeasurements {
+                device: "cpu".into(),
+                gpu_name: None,
+                metrics,
+                dev_metrics: BTreeMap::new(),
+                primary_metric: acc.is_some().then(|| "accuracy".to_owned()),
+                best_step: Some(10),
+                steps: 10,
+                peak_memory_bytes: 100 * 1024 * 1024,
+                peak_memory_kind: "host_rss_peak".into(),
+                wall_seconds: 2.0,
+                train_seconds: 1.0,
+                steps_per_second: 10.0,
+                tokens_per_second: 1000.0,
+                skipped_steps: 0,
+                precision: "fp32".into(),
+                threads: 2,
+                parameters: 1,
+                split_sizes: BTreeMap::new(),
+                data_checksums: BTreeMap::new(),
+                config: Value::Null,
+                resumed_from_step: None,
+            },
             attempt: 1,
-            resumed_from_step: None,
             started_at: 0.0,
             finished_at: 0.0,
             traceparent: None,
@@ -609,7 +616,7 @@ pub(crate) mod tests {
     pub(crate) fn ran_with(run: &str, model: ModelId, seed: u64, acc: f64, max_steps: u64) -> ShardResult {
         let mut r = result(model, seed, Some(acc));
         r.run = run.into();
-        r.config = json!({
+        r.measured.config = json!({
             "shard": {
                 "run_id": run, "shard_id": format!("{run}{seed}"), "index": seed, "seed": seed,
                 "model": model, "task": "sst2", "scale": "tiny",
@@ -628,7 +635,7 @@ pub(crate) mod tests {
         assert!(settings_of(&a).unwrap().get("seed").is_none());
         // A failed result records the shard as `config` itself.
         let mut failed = result(ModelId::Qwen3, 3, None);
-        failed.config = a.config["shard"].clone();
+        failed.measured.config = a.measured.config["shard"].clone();
         assert_eq!(settings_of(&failed), settings_of(&a));
         assert!(settings_conflicts(&[a, b, failed]).is_empty());
         assert_eq!(settings_of(&result(ModelId::Qwen3, 1, None)), None);
@@ -657,7 +664,7 @@ pub(crate) mod tests {
     #[test]
     fn valid_metric_and_model_names_come_from_succeeded_results() {
         let mut f1 = result(ModelId::RevQwen3, 1, Some(0.5));
-        f1.metrics.insert("f1".into(), 0.4);
+        f1.measured.metrics.insert("f1".into(), 0.4);
         let rs = vec![result(ModelId::Qwen3, 1, Some(0.8)), f1, result(ModelId::FtOpt, 1, None)];
         assert_eq!(metric_names(&rs), vec!["accuracy", "f1"]);
         assert_eq!(models_with_results(&rs), vec![ModelId::Qwen3, ModelId::RevQwen3]);

@@ -716,21 +716,6 @@ mod tests {
         ) -> shared::Result<()> {
             self.inner.dead_letter(body, headers, reason).await
         }
-        async fn dead_letters(&self, limit: usize) -> shared::Result<Vec<shared::broker::DeadLetter>> {
-            self.inner.dead_letters(limit).await
-        }
-        async fn take_dead_letters(&self, prefix: &str) -> shared::Result<Vec<shared::broker::DeadLetter>> {
-            self.inner.take_dead_letters(prefix).await
-        }
-        async fn queue_depth(&self, class: DeviceClass) -> shared::Result<u64> {
-            self.inner.queue_depth(class).await
-        }
-        async fn dead_letter_count(&self) -> shared::Result<u64> {
-            self.inner.dead_letter_count().await
-        }
-        async fn take_dead_letter_notices(&self, max: usize) -> shared::Result<Vec<shared::broker::DeadLetter>> {
-            self.inner.take_dead_letter_notices(max).await
-        }
         fn max_message_bytes(&self) -> usize {
             self.inner.max_message_bytes()
         }

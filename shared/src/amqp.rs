@@ -66,7 +66,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Acker, Broker, BrokerAdmin, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER};
+use crate::broker::{
+    Acker, Broker, BrokerAdmin, DEFAULT_DELIVERY_LIMIT, DeadLetter, Delivery, OutgoingMessage, REASON_HEADER,
+};
 use crate::broker::{PUBLISHED_AT_HEADER, ShardConsumer, invalid_url};
 use crate::device::DeviceClass;
 use crate::error::{Error, Result};

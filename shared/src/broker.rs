@@ -399,7 +399,6 @@ impl Broker for MemoryBroker {
         s.bury(MemMessage { id, message_id, body, headers, delivered: true, failures: 0 }, reason.to_owned());
         Ok(())
     }
-
 }
 
 #[async_trait]

@@ -66,7 +66,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::broker::{MemoryBroker, OutgoingMessage};
+    use crate::broker::{Broker, MemoryBroker, OutgoingMessage};
     use crate::device::DeviceClass;
     use crate::shard::{RunRecord, ShardSummary};
     use crate::store::MemoryStore;

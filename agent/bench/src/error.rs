@@ -22,6 +22,9 @@ pub enum Error {
     /// A training method failed.
     #[error(transparent)]
     Method(#[from] qsched_methods::Error),
+    /// A service or codec failed (the fleet simulation's broker and Redis).
+    #[error(transparent)]
+    Shared(#[from] shared::Error),
     /// The agent failed (the fleet simulation's consume loops).
     #[error(transparent)]
     Agent(#[from] agent::Error),

@@ -531,7 +531,7 @@ impl Stepper<'_> {
         &self,
         batch: &Batch,
         index: u64,
-        step: impl FnOnce(&mut StepContext<'_>) -> Result<Option<f64>>,
+        step: impl FnOnce(&mut StepContext<'_>) -> qsched_methods::Result<Option<f64>>,
     ) -> Result<f64> {
         let mut ctx = StepContext {
             net: self.net,
@@ -862,7 +862,12 @@ fn text_batches(a: &RevGradErrorArgs, count: usize, device: tch::Device) -> Resu
     if stream.len() < needed {
         return Err(Error::NotEnoughText {
             path: train.path.clone(),
-            message: format!("{} tokens of text, {needed} needed for {count} batches of {} × {}", stream.len(), a.batch, a.seq),
+            message: format!(
+                "{} tokens of text, {needed} needed for {count} batches of {} × {}",
+                stream.len(),
+                a.batch,
+                a.seq
+            ),
         });
     }
     stream
@@ -959,7 +964,7 @@ fn rev_grad_error_depth(pinned: &PinnedDevice, a: &RevGradErrorArgs, depth: i64)
         let plain = grad_copies(&params)?;
         clear_grads(&params)?;
         let (loss_rev, layers) = tch::autocast(autocast, || {
-            model.backward_by_reconstruction_checked(ids, &mask, &mut |logits| lm_loss(logits, targets))
+            model.backward_by_reconstruction_checked(ids, &mask, &mut |logits| Ok(lm_loss(logits, targets)?))
         })?;
         let rev = grad_copies(&params)?;
         clear_grads(&params)?;
@@ -1174,7 +1179,7 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
     let mut step_fn = |i: usize| -> Result<f64> {
         let (b, index) = (&batches[i], i as u64);
         match &mut state {
-            ZoState::Inference => forward_loss(&net, b, autocast),
+            ZoState::Inference => Ok(forward_loss(&net, b, autocast)?),
             ZoState::Mezo(m) => stepper.run(b, index, |ctx| m.step(ctx)),
             ZoState::Dizo(d) => stepper.run(b, index, |ctx| d.mezo_step(ctx)),
             ZoState::Ft(o) => stepper.run(b, index, |ctx| o.step(ctx)),
@@ -1230,7 +1235,8 @@ fn zo_measurement(pinned: &PinnedDevice, a: &ZoOptArgs, method: ZoMethod, infere
             }
             // DiZO's own round (batch numbers and u seeds (round − 1)·J + j), fed the
             // pre-made round batches: number i is batch i mod J.
-            let mut round_source = |i: u64| -> Result<Batch> { Ok(round_batches[i as usize % j].shallow_clone()) };
+            let mut round_source =
+                |i: u64| -> qsched_methods::Result<Batch> { Ok(round_batches[i as usize % j].shallow_clone()) };
             let interval = u64::from(a.dizo.interval.max(1));
             let mut round = 0u64;
             let rw = timed(pinned, a.dizo_rounds.max(1), &mut |_| {

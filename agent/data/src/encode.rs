@@ -11,10 +11,10 @@
 
 use shared::TaskId;
 
+use crate::error::{Error, Result};
 use crate::prompts::{ClassifierText, Piece, classifier_text, prompt_text};
 use crate::tasks::{Example, Label};
 use crate::tokenize::TextTokenizer;
-use crate::error::{Error, Result};
 
 /// One example in the classification-head format.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,8 +196,6 @@ mod tests {
         v.into_iter().next().unwrap()
     }
 
-
-
     #[test]
     fn sst2_candidates_have_bos_and_one_option_token() {
         let e = encode_candidates(TaskId::Sst2, &first(TaskId::Sst2), opt(), 256).unwrap();
@@ -336,5 +334,4 @@ mod tests {
     /// Examples per task in `every_task_encodes_at_tiny_length` (all of them were checked
     /// once by hand with `usize::MAX`; 200 keeps the test fast).
     const EXAMPLES_PER_TASK: usize = 200;
-
 }

@@ -79,7 +79,6 @@ pub fn primary_metric(task: TaskId) -> &'static str {
     metric_names(task)[0]
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,9 +22,9 @@ pub mod metrics;
 pub mod prompts;
 pub mod split;
 pub mod tasks;
-pub mod tokenize;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod tokenize;
 
 use std::io::Read;
 use std::path::Path;
@@ -35,9 +35,9 @@ pub use error::{Error, Result};
 pub use shared::TaskId;
 
 pub use encode::{Candidate, CandidateExample, ClassifierExample, encode_candidates, encode_classifier};
+pub use facts::{TaskInfo, metric_names, primary_metric, task_info};
 pub use prompts::{InputFormat, TrainObjective, check_supported, train_objective};
 pub use split::{TaskSplits, sample_test, split_task};
-pub use facts::{TaskInfo, metric_names, primary_metric, task_info};
 pub use tasks::{Example, Input, Label, LoadedTask, TrainData, load_task};
 pub use tokenize::{TextTokenizer, TokenizerKind};
 

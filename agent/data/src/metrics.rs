@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shared::TaskId;
 
-use crate::facts::task_info;
 use crate::error::{Error, Result};
+use crate::facts::task_info;
 
 fn bad(message: String) -> Error {
     Error::Metrics(message)

@@ -59,8 +59,8 @@
 
 use shared::{Family, ModelId, TaskId};
 
-use crate::tasks::{CopaRelation, Example, Input, Label};
 use crate::error::{Error, Result};
+use crate::tasks::{CopaRelation, Example, Input, Label};
 
 /// How a model family reads an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,8 +361,7 @@ pub fn prompt_text(task: TaskId, example: &Example) -> Result<PromptText> {
         (TaskId::Copa, other) => return Err(mismatch(task, other)),
         (_, input) => {
             let prompt = label_word_prompt(task, input)?;
-            let words =
-                label_words(task).ok_or(Error::NoLabelWords { task })?;
+            let words = label_words(task).ok_or(Error::NoLabelWords { task })?;
             // SST-2's words follow "It was" after a space (" great"); every other
             // template ends with "\n" and the word follows directly.
             let sep = if task == TaskId::Sst2 { " " } else { "" };

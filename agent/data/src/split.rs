@@ -30,8 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use shared::TaskId;
 use shared::scale::DataSettings;
 
-use crate::tasks::{Example, LoadedTask};
 use crate::error::{Error, Result};
+use crate::tasks::{Example, LoadedTask};
 
 /// The three splits of one shard, with what they came from.
 #[derive(Debug, Clone)]

@@ -205,9 +205,9 @@ pub fn collate_candidates(
 mod tests {
     use super::*;
     use qsched_data::TaskId;
+    use qsched_data::encode::encode_candidates;
     use qsched_data::tasks::load_validation;
     use qsched_data::test_util::{data_dir, opt};
-    use qsched_data::encode::encode_candidates;
     use tch::Kind;
 
     fn to_vec_i64(t: &Tensor) -> Vec<i64> {

@@ -24,8 +24,8 @@ use tracing::info;
 use shared::scale::{DizoSettings, TrainSettings};
 use shared::shard::Shard;
 
-use crate::error::{Error, Result};
 use crate::batches::{SeedPurpose, step_seed, torch_seed};
+use crate::error::{Error, Result};
 use crate::optim::AdamW;
 use crate::task_model::{self, Batch, Net, scalar};
 use crate::zo::{self, RoundReport};
@@ -174,22 +174,22 @@ fn backward(net: &Net, batch: &Batch, autocast: bool) -> Result<Option<Tensor>> 
     let loss = match (net, batch) {
         (Net::RevQwen3(m), Batch::Classifier(b)) => tch::autocast(autocast, || {
             m.backward_by_reconstruction(&b.input_ids, &b.attention_mask, &mut |logits| {
-                task_model::classifier_loss(logits, b)
+                Ok(task_model::classifier_loss(logits, b)?)
             })
         })?,
         (Net::RevQwen3Lm(m), Batch::Lm(b)) => tch::autocast(autocast, || {
             m.backward_by_reconstruction(&b.input_ids, &b.attention_mask, &mut |logits| {
-                task_model::lm_loss(logits, &b.targets)
+                Ok(task_model::lm_loss(logits, &b.targets)?)
             })
         })?,
         (Net::Qwen3Ckpt(m), Batch::Classifier(b)) => tch::autocast(autocast, || {
             m.backward_checkpointed(&b.input_ids, &b.attention_mask, &mut |logits| {
-                task_model::classifier_loss(logits, b)
+                Ok(task_model::classifier_loss(logits, b)?)
             })
         })?,
         (Net::Qwen3LmCkpt(m), Batch::Lm(b)) => tch::autocast(autocast, || {
             m.backward_checkpointed(&b.input_ids, &b.attention_mask, &mut |logits| {
-                task_model::lm_loss(logits, &b.targets)
+                Ok(task_model::lm_loss(logits, &b.targets)?)
             })
         })?,
         _ => {
@@ -279,10 +279,9 @@ impl Dizo {
     /// Reads `ctx.net`, `ctx.seed`, `ctx.autocast` and `ctx.dizo_batches` only.
     pub fn round(&self, ctx: &mut StepContext<'_>, round: u64) -> Result<RoundReport> {
         let j_total = u64::from(self.projection.settings.inner_iters);
-        let first = round
-            .checked_sub(1)
-            .ok_or_else(|| Error::Dizo("DiZO projection rounds are counted from 1".into()))?
-            * j_total;
+        let first =
+            round.checked_sub(1).ok_or_else(|| Error::Dizo("DiZO projection rounds are counted from 1".into()))?
+                * j_total;
         let batches = (0..j_total).map(|j| (ctx.dizo_batches)(first + j)).collect::<Result<Vec<_>>>()?;
         let (net, seed, autocast) = (ctx.net, ctx.seed, ctx.autocast);
         self.projection.projection_round(&mut |j| forward_loss(net, &batches[j], autocast), &mut |j, n| {

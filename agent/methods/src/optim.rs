@@ -97,7 +97,7 @@ impl AdamW {
     /// `step` skips a parameter without a gradient, as torch.optim does.
     pub fn zero_grad(&mut self) -> Result<()> {
         let params: Vec<&Tensor> = self.params.iter().map(|p| &p.param).collect();
-        ffi::release_grads(&params)
+        Ok(ffi::release_grads(&params)?)
     }
 
     fn grads(&self) -> Vec<Tensor> {
@@ -107,7 +107,7 @@ impl AdamW {
     /// Scales gradients so their global norm is at most `max_norm` (0 = no clipping);
     /// returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
-        ffi::clip_grad_norm(&self.grads(), max_norm)
+        Ok(ffi::clip_grad_norm(&self.grads(), max_norm)?)
     }
 
     /// One AdamW update at learning rate `lr`. Parameters without a gradient are skipped,

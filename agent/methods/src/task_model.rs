@@ -18,11 +18,11 @@ use shared::shard::{ModelArch, Shard};
 use shared::spec::ModelInit;
 use shared::{ModelId, TaskId};
 
-use qsched_data::encode::{CandidateExample, ClassifierExample};
 use crate::collate::{CandidateBatch, CandidateRows, ClassifierBatch, collate_candidates, collate_classifier};
-use qsched_data::prompts::TrainObjective;
 use crate::error::{Error, Result};
+use qsched_data::encode::{CandidateExample, ClassifierExample};
 use qsched_data::metrics::Predictions;
+use qsched_data::prompts::TrainObjective;
 use qsched_models::{hf, opt, qwen3, rev_qwen3};
 
 /// The network being trained.
@@ -66,9 +66,9 @@ fn check_init(shard: &Shard, dir: &std::path::Path) -> Result<()> {
              rev_qwen3_from_qwen3 = true to start from its weights",
             dir.display()
         ))),
-        (model, true) => {
-            Err(Error::InitRefused(format!("init kind qwen3-checkpoint-in-rev-qwen3 is only for rev-qwen3, not {model}")))
-        }
+        (model, true) => Err(Error::InitRefused(format!(
+            "init kind qwen3-checkpoint-in-rev-qwen3 is only for rev-qwen3, not {model}"
+        ))),
         (_, false) => Ok(()),
     }
 }
@@ -339,8 +339,9 @@ pub fn candidate_loss(scores: &Tensor, b: &CandidateBatch) -> Result<Tensor> {
     }
 }
 
-/// Loss of a classifier batch: cross-entropy, or MSE for a regression head.
-pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor> {
+/// Loss of a classifier batch: cross-entropy, or MSE for a regression head. Only libtorch
+/// can fail here, so the model's backward can call it as its loss function.
+pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor, tch::TchError> {
     let logits = logits.f_to_kind(Kind::Float)?;
     if b.labels.kind() == Kind::Float {
         Ok(logits.f_squeeze_dim(-1)?.f_mse_loss(&b.labels, tch::Reduction::Mean)?)
@@ -351,7 +352,7 @@ pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor> {
 
 /// Next-token loss as HF's `ForCausalLMLoss`: fp32 logits `[B·T, V]`, mean
 /// cross-entropy, targets −100 ignored.
-pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor, tch::TchError> {
     let v = logits.size()[2];
     Ok(logits.f_to_kind(Kind::Float)?.f_view([-1, v])?.f_cross_entropy_loss(
         targets,
@@ -365,8 +366,8 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Classifier logits for a batch (ordinary autograd forward).
 pub fn classifier_logits(net: &Net, b: &ClassifierBatch) -> Result<Tensor> {
     match net {
-        Net::Qwen3(m) | Net::Qwen3Ckpt(m) => m.forward(&b.input_ids, &b.attention_mask),
-        Net::RevQwen3(m) => m.forward(&b.input_ids, &b.attention_mask),
+        Net::Qwen3(m) | Net::Qwen3Ckpt(m) => Ok(m.forward(&b.input_ids, &b.attention_mask)?),
+        Net::RevQwen3(m) => Ok(m.forward(&b.input_ids, &b.attention_mask)?),
         Net::Opt(_) => {
             Err(Error::ModelFormat("OPT is trained in the prompt format, not with a classifier head".into()))
         }
@@ -382,10 +383,10 @@ pub fn batch_loss(net: &Net, batch: &Batch, train: bool) -> Result<Tensor> {
     match (net, batch) {
         (Net::Opt(m), Batch::Candidates(b)) => candidate_loss(&option_scores(m, b, train)?, b),
         (Net::Qwen3Lm(m) | Net::Qwen3LmCkpt(m), Batch::Lm(b)) => {
-            lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets)
+            Ok(lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets)?)
         }
-        (Net::RevQwen3Lm(m), Batch::Lm(b)) => lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets),
-        (_, Batch::Classifier(b)) => classifier_loss(&classifier_logits(net, b)?, b),
+        (Net::RevQwen3Lm(m), Batch::Lm(b)) => Ok(lm_loss(&m.forward(&b.input_ids, &b.attention_mask)?, &b.targets)?),
+        (_, Batch::Classifier(b)) => Ok(classifier_loss(&classifier_logits(net, b)?, b)?),
         _ => Err(Error::ModelFormat("batch format does not match the model".into())),
     }
 }

@@ -18,7 +18,7 @@ use shared::scale::{self, DizoSettings};
 
 use crate::batches::torch_seed;
 use crate::collate::{CandidateRows, collate_candidates};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::optim::AdamW;
 use crate::task_model::{self, Batch, Net};
 use crate::zo;

@@ -16,8 +16,8 @@ use tch::{Kind, Tensor};
 
 use shared::scale::DizoSettings;
 
-use crate::error::{Error, Result};
 use crate::batches::torch_seed;
+use crate::error::{Error, Result};
 use crate::optim::decays;
 
 /// Draws z for `param` from the global generator (seeded by the caller).

@@ -95,6 +95,6 @@ mod tests {
             }
             other => panic!("expected a placement error, got {other}"),
         }
-        assert!(!err.is_retryable());
+        assert!(!err.is_out_of_memory());
     }
 }

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::hf::{self, HfCheckpoint};
 use crate::error::{Error, Result};
+use crate::hf::{self, HfCheckpoint};
 
 /// A batch read from a tokens file, validated against a vocabulary.
 #[derive(Debug)]
@@ -134,8 +134,8 @@ pub fn run(model_dir: &Path, tokens: Option<&Path>, device: Device, out: &mut dy
             serde_json::json!({ "architecture": model.architecture().as_str(), "logits": nested(&logits)? })
         }
     };
-    let text =
-        serde_json::to_string(&json).map_err(|e| Error::Serialise { what: "inspect output", message: e.to_string() })?;
+    let text = serde_json::to_string(&json)
+        .map_err(|e| Error::Serialise { what: "inspect output", message: e.to_string() })?;
     writeln!(out, "{text}").map_err(|e| Error::io("<output>", e))
 }
 

@@ -336,7 +336,8 @@ impl RevQwen3Model {
             drop((f_out, x2_leaf));
 
             if let (Some(report), Some(stored), Some((x1, x2))) = (probe.as_mut(), stored.as_mut(), kept.as_ref()) {
-                let (f1, f2) = stored.pop().ok_or_else(|| Error::GradientCheck("probe: no stored block input".into()))?;
+                let (f1, f2) =
+                    stored.pop().ok_or_else(|| Error::GradientCheck("probe: no stored block input".into()))?;
                 report.push(LayerReconstruction::compare(i, (x1, x2), (&f1, &f2))?);
             }
             streams = kept;
@@ -420,7 +421,11 @@ pub const GROUP_NORM_FLOOR: f64 = 1e-30;
 /// the sums come back.
 pub fn group_relative_errors(ours: &[(String, Tensor)], reference: &[(String, Tensor)]) -> Result<Vec<(String, f64)>> {
     if ours.len() != reference.len() {
-        return Err(Error::GradientCheck(format!("{} gradients vs {} reference gradients", ours.len(), reference.len())));
+        return Err(Error::GradientCheck(format!(
+            "{} gradients vs {} reference gradients",
+            ours.len(),
+            reference.len()
+        )));
     }
     // (group, Σ‖Δ‖², Σ‖ref‖²)
     let mut sums: Vec<(String, f64, f64)> = Vec::new();
@@ -591,9 +596,7 @@ impl RevQwen3ForSequenceClassification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{
-        grads, max_abs, randomize, rng_guard, rows, tiny_qwen3, worst_relative_error, zero_grads,
-    };
+    use crate::test_util::{grads, max_abs, randomize, rng_guard, rows, tiny_qwen3, worst_relative_error, zero_grads};
     use tch::{Device, Kind, Reduction};
 
     fn config(layers: i64, tied: bool) -> Config {

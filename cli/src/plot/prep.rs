@@ -194,7 +194,7 @@ fn summary_figures(
     let mut kinds: Vec<&str> = results
         .iter()
         .filter(|r| r.task == task && r.status == ShardState::Succeeded)
-        .map(|r| r.peak_memory_kind.as_str())
+        .map(|r| r.measured.peak_memory_kind.as_str())
         .collect();
     kinds.sort();
     kinds.dedup();
@@ -290,9 +290,9 @@ mod tests {
             result(ModelId::RevQwen3, 1, Some(0.7)),
             result(ModelId::FtOpt, 1, None),
         ];
-        results[0].peak_memory_bytes = 2 << 30;
-        results[1].peak_memory_bytes = 4 << 30;
-        results[1].wall_seconds = 4.0;
+        results[0].measured.peak_memory_bytes = 2 << 30;
+        results[1].measured.peak_memory_bytes = 4 << 30;
+        results[1].measured.wall_seconds = 4.0;
         for (i, r) in results.iter_mut().enumerate() {
             r.shard = format!("s{i}");
         }
@@ -355,7 +355,7 @@ mod tests {
         let (mut results, mut streams) = run();
         for r in &mut results {
             if r.status == ShardState::Succeeded {
-                r.metrics.insert("f1".into(), 0.5);
+                r.measured.metrics.insert("f1".into(), 0.5);
             }
         }
         for points in streams.values_mut() {
