@@ -354,13 +354,13 @@ pub fn classifier_loss(logits: &Tensor, b: &ClassifierBatch) -> Result<Tensor, t
 /// cross-entropy, targets −100 ignored.
 pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor, tch::TchError> {
     let v = logits.size()[2];
-    Ok(logits.f_to_kind(Kind::Float)?.f_view([-1, v])?.f_cross_entropy_loss(
+    logits.f_to_kind(Kind::Float)?.f_view([-1, v])?.f_cross_entropy_loss(
         targets,
         None::<Tensor>,
         tch::Reduction::Mean,
         -100,
         0.0,
-    )?)
+    )
 }
 
 /// Classifier logits for a batch (ordinary autograd forward).
