@@ -357,18 +357,12 @@ fn main() -> ExitCode {
     }
     // The hub client blocks (reqwest's blocking client), which must not run inside the
     // async runtime; these commands need no broker or store, so they run before it starts.
-    if matches!(cli.command, Command::Data { .. } | Command::Models { .. }) {
-        return match hub_command(cli.command) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("qsched: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
+    let command = match cli.command {
+        Command::Data { command: DataCommand::Fetch(args) } => return print_hub_result(data_fetch(args)),
+        Command::Models { command: ModelsCommand::Pull { id } } => return print_hub_result(models_pull(&id)),
+        other => other,
+    };
+    let cli = Cli { conn: cli.conn, command };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _telemetry = shared::telemetry::init_with_writer("qsched", "warn", ConsoleLog(CONSOLE.clone()), ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -394,27 +388,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn hub_command(command: Command) -> Result<String> {
-    let hub = qsched_hub::Hub::new(qsched_hub::HubConfig::from_env()?)?;
-    let mut reporter = cli::hub::Reporter::stderr();
-    match command {
-        Command::Data { command: DataCommand::Fetch(args) } => {
-            let Some(data_dir) = shared::spec::data_dir_from(args.data_dir) else {
-                bail!("no data directory: pass --data-dir or set QSCHED_DATA_DIR");
-            };
-            let kind = qsched_hub::RepoKind::Dataset;
-            let mut options = qsched_hub::datasets::FetchOptions { force: args.force, ..Default::default() };
-            if let Some(id) = &args.glue {
-                options.glue = qsched_hub::RepoId::parse(id, kind)?;
-            }
-            if let Some(id) = &args.superglue {
-                options.superglue = qsched_hub::RepoId::parse(id, kind)?;
-            }
-            cli::hub::data_fetch(&hub, &data_dir, &args.benchmarks, args.tasks.as_deref(), &options, &mut reporter)
+fn print_hub_result(result: Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
-        Command::Models { command: ModelsCommand::Pull { id } } => cli::hub::models_pull(&hub, &id, &mut reporter),
-        _ => unreachable!("only hub commands are passed here"),
+        Err(e) => {
+            eprintln!("qsched: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn hub_client() -> Result<qsched_hub::Hub> {
+    Ok(qsched_hub::Hub::new(qsched_hub::HubConfig::from_env()?)?)
+}
+
+fn data_fetch(args: DataFetchArgs) -> Result<String> {
+    let Some(data_dir) = shared::spec::data_dir_from(args.data_dir) else {
+        bail!("no data directory: pass --data-dir or set QSCHED_DATA_DIR");
+    };
+    let kind = qsched_hub::RepoKind::Dataset;
+    let mut options = qsched_hub::datasets::FetchOptions { force: args.force, ..Default::default() };
+    if let Some(id) = &args.glue {
+        options.glue = qsched_hub::RepoId::parse(id, kind)?;
+    }
+    if let Some(id) = &args.superglue {
+        options.superglue = qsched_hub::RepoId::parse(id, kind)?;
+    }
+    let mut reporter = cli::hub::Reporter::stderr();
+    cli::hub::data_fetch(&hub_client()?, &data_dir, &args.benchmarks, args.tasks.as_deref(), &options, &mut reporter)
+}
+
+fn models_pull(id: &qsched_hub::RepoId) -> Result<String> {
+    cli::hub::models_pull(&hub_client()?, id, &mut cli::hub::Reporter::stderr())
 }
 
 #[cfg(feature = "embedded")]
