@@ -267,14 +267,14 @@ pub fn fetch(
     let mut written = Vec::new();
     for &task in tasks {
         let src = source(task);
-        if !listings.contains_key(&src.benchmark) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(src.benchmark) {
             let repo = match src.benchmark {
                 Benchmark::Glue => options.glue.clone(),
                 Benchmark::SuperGlue => options.superglue.clone(),
             };
             let (commit, files) = list_repo(hub, &repo)?;
             on_event(FetchEvent::Resolved { repo: &repo, commit: &commit });
-            listings.insert(src.benchmark, (repo, commit, files));
+            slot.insert((repo, commit, files));
         }
         let (repo, commit, files) = &listings[&src.benchmark];
         for (split, split_name) in [(Split::Train, src.train_split), (Split::Validation, src.validation_split)] {

@@ -55,10 +55,9 @@ impl RepoId {
             None => (s, None),
         };
         let Some((org, name)) = path.split_once('/') else {
-            return Err(bad(format!(
-                "expected org/name[@revision], e.g. facebook/opt-125m or Qwen/Qwen3-0.6B@main \
+            return Err(bad("expected org/name[@revision], e.g. facebook/opt-125m or Qwen/Qwen3-0.6B@main \
                  (ids without an owner, such as gpt2, now live under one: openai-community/gpt2)"
-            )));
+                .to_string()));
         };
         check_part(org, "owner").map_err(&bad)?;
         check_part(name, "name").map_err(&bad)?;
