@@ -355,6 +355,26 @@ fn an_interrupted_download_resumes_from_where_it_stopped() {
 }
 
 #[test]
+fn two_clients_on_one_cache_download_each_blob_once() {
+    let server = Server::start(vec![model_repo()]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let hub = Hub::new(config(&server, tmp.path(), false)).unwrap();
+            std::thread::spawn(move || pull_model(&hub, &model_id(), &mut |_| {}))
+        })
+        .collect();
+    let snaps: Vec<_> = pulls.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+    assert_eq!(snaps[0], snaps[1]);
+    // The second client waits on the blob's lock and then finds the blob: one CDN GET.
+    let cdn = server.log().into_iter().filter(|l| l.starts_with("GET /cdn/")).count();
+    assert_eq!(cdn, 1, "{:#?}", server.log());
+    assert_eq!(server.file_gets(), 4, "{:#?}", server.log());
+    let expected = &model_repo().files["model.safetensors"].bytes;
+    assert_eq!(&std::fs::read(snaps[0].dir.join("model.safetensors")).unwrap(), expected);
+}
+
+#[test]
 fn a_corrupted_byte_is_rejected_and_nothing_is_cached() {
     let server = Server::start(vec![model_repo()]);
     let repo = model_repo();

@@ -845,6 +845,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hub_commands_parse() {
+        let cli = Cli::try_parse_from(["qsched", "data", "fetch", "glue", "superglue", "--tasks", "sst2,cb"]).unwrap();
+        let Command::Data { command: DataCommand::Fetch(args) } = cli.command else { panic!() };
+        assert_eq!(args.benchmarks.len(), 2);
+        assert_eq!(args.tasks, Some(vec![shared::TaskId::Sst2, shared::TaskId::Cb]));
+        let err = Cli::try_parse_from(["qsched", "data", "fetch"]).unwrap_err().to_string();
+        assert!(err.contains("<BENCHMARKS>"), "{err}");
+        let cli = Cli::try_parse_from(["qsched", "models", "pull", "Qwen/Qwen3-0.6B@main"]).unwrap();
+        let Command::Models { command: ModelsCommand::Pull { id } } = cli.command else { panic!() };
+        assert_eq!((id.path(), id.revision()), ("Qwen/Qwen3-0.6B".to_string(), "main"));
+        let err = Cli::try_parse_from(["qsched", "models", "pull", "gpt2"]).unwrap_err().to_string();
+        assert!(err.contains("invalid hub id 'gpt2'"), "{err}");
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }

@@ -13,6 +13,7 @@
 //! checked so that nothing can resolve outside the repository's folder.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::id::RepoId;
@@ -88,26 +89,24 @@ impl RepoCache {
     }
 
     /// Points `snapshots/<commit>/<file>` at `blobs/<etag>`: a relative symlink, or a copy
-    /// where the filesystem has no symlinks.
+    /// where the filesystem has no symlinks. The entry is made under a temporary name and
+    /// renamed over the old one, so two processes linking the same file never see a gap.
     pub fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         let dest = self.snapshot_file(commit, file)?;
         let parent = dest.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
-        let target = relative_blob_target(file, etag);
-        // A stale entry (an older link or a half-copied file) is replaced.
-        if dest.symlink_metadata().is_ok() {
-            std::fs::remove_file(&dest).map_err(|e| Error::io("cannot replace", &dest, e))?;
-        }
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = parent.join(format!(".{etag}.{}.{seq}.link", std::process::id()));
         #[cfg(unix)]
-        let linked = std::os::unix::fs::symlink(&target, &dest).is_ok();
+        let linked = std::os::unix::fs::symlink(relative_blob_target(file, etag), &tmp).is_ok();
         #[cfg(not(unix))]
         let linked = false;
         if !linked {
             let blob = self.blob(etag);
-            let tmp = dest.with_extension("copy.tmp");
             std::fs::copy(&blob, &tmp).map_err(|e| Error::io("cannot copy", &blob, e))?;
-            std::fs::rename(&tmp, &dest).map_err(|e| Error::io("cannot rename", &tmp, e))?;
         }
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io("cannot rename", &tmp, e))?;
         Ok(dest)
     }
 }
