@@ -140,7 +140,7 @@ impl Hub {
                 // Per read, not for the whole body: a multi-GB download only has to keep moving.
                 .timeout(Duration::from_secs(120))
                 .build()
-                .map_err(|source| Error::Http { url: config.endpoint.clone(), source })
+                .map_err(|source| Error::Http { url: config.endpoint.clone(), source: source.without_url() })
         };
         Ok(Hub {
             follow: build(reqwest::redirect::Policy::limited(10))?,
@@ -171,7 +171,7 @@ impl Hub {
             encode_segment(repo.revision())
         );
         let response = self.send(self.manual.get(&url), &url)?;
-        let body = response.bytes().map_err(|source| Error::Http { url: url.clone(), source })?;
+        let body = response.bytes().map_err(|source| Error::Http { url: url.clone(), source: source.without_url() })?;
         let listing: ListingJson =
             serde_json::from_slice(&body).map_err(|source| Error::Json { what: url.clone(), source })?;
         if !is_commit_hash(&listing.sha) {
@@ -434,7 +434,9 @@ impl Hub {
     }
 
     fn send_any(&self, request: reqwest::blocking::RequestBuilder, url: &str) -> Result<Response> {
-        self.authorised(request).send().map_err(|source| Error::Http { url: url.to_string(), source })
+        self.authorised(request)
+            .send()
+            .map_err(|source| Error::Http { url: url.to_string(), source: source.without_url() })
     }
 }
 
@@ -471,7 +473,7 @@ fn read_error(url: &str, got: u64, expected: u64, e: std::io::Error) -> Error {
     // reqwest wraps its own error in the io::Error of `Read`; keep it as the source.
     let reason = e.to_string();
     match e.into_inner().map(|inner| inner.downcast::<reqwest::Error>()) {
-        Some(Ok(source)) => Error::Http { url: url.to_string(), source: *source },
+        Some(Ok(source)) => Error::Http { url: url.to_string(), source: source.without_url() },
         _ => Error::Interrupted { url: url.to_string(), got, expected, reason },
     }
 }

@@ -65,6 +65,7 @@ pub enum Error {
 
     // === Network errors ===
     /// The request could not be sent or its response not read (DNS, refused, reset, timeout).
+    /// The source is the client's error without the URL, which the message already names.
     #[error("request to {url} failed")]
     Http {
         /// The URL requested.
