@@ -21,6 +21,10 @@ mod sim;
 // Two qagent processes finish every shard exactly once, even when one is killed mid-shard.
 mod fleet;
 
+// The hub client against a local hub: the cache layout, resumed and verified downloads,
+// offline mode, and `qsched data fetch` files that the loaders read as the originals.
+mod hub;
+
 // rediss:// and amqps:// with a private CA, from submit to results.
 mod tls;
 

@@ -10,6 +10,7 @@ pub mod console;
 pub mod dashboard;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod hub;
 pub mod live;
 pub mod plot;
 pub mod render;

@@ -187,6 +187,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Benchmark datasets by name from the Hugging Face hub.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Model checkpoints by name from the Hugging Face hub.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `qsched completions bash > ~/.local/share/bash-completion/completions/qsched`.
     Completions {
@@ -197,6 +207,50 @@ enum Command {
     /// Run one shard from stdin (embedded mode's worker; not for direct use).
     #[command(hide = true)]
     Worker,
+}
+
+/// `qsched data ...`.
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Fetch the train and validation splits of GLUE / SuperGLUE tasks from the hub's
+    /// parquet files and write them as the files the task loaders read
+    /// (<DATA_DIR>/glue/<Task>/{train,dev}.{tsv,jsonl}), listed in <DATA_DIR>/MANIFEST.json.
+    /// Honours HF_ENDPOINT, HF_TOKEN, HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE.
+    Fetch(DataFetchArgs),
+}
+
+#[derive(Args, Debug)]
+struct DataFetchArgs {
+    /// Benchmarks: glue, superglue.
+    #[arg(required = true)]
+    benchmarks: Vec<qsched_hub::datasets::Benchmark>,
+    /// Only these tasks, comma-separated (e.g. sst2,rte,cb).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<shared::TaskId>>,
+    /// Data directory to write into (default: $QSCHED_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The GLUE dataset repository (default nyu-mll/glue@main).
+    #[arg(long, value_name = "ORG/NAME[@REV]")]
+    glue: Option<String>,
+    /// The SuperGLUE dataset repository (default aps/super_glue@refs/convert/parquet).
+    #[arg(long, value_name = "ORG/NAME[@REV]")]
+    superglue: Option<String>,
+    /// Overwrite task files that MANIFEST.json does not list as fetched.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `qsched models ...`.
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Download a model's config, tokenizer files and safetensors weights into the Hugging
+    /// Face cache; prints the snapshot folder and the commit. Honours HF_ENDPOINT,
+    /// HF_TOKEN, HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE.
+    Pull {
+        /// The model: org/name[@revision], e.g. facebook/opt-125m or Qwen/Qwen3-0.6B@main.
+        id: qsched_hub::RepoId,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -301,6 +355,14 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "qsched", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    // The hub client blocks (reqwest's blocking client), which must not run inside the
+    // async runtime; these commands need no broker or store, so they run before it starts.
+    let command = match cli.command {
+        Command::Data { command: DataCommand::Fetch(args) } => return print_hub_result(data_fetch(args)),
+        Command::Models { command: ModelsCommand::Pull { id } } => return print_hub_result(models_pull(&id)),
+        other => other,
+    };
+    let cli = Cli { conn: cli.conn, command };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _telemetry = shared::telemetry::init_with_writer("qsched", "warn", ConsoleLog(CONSOLE.clone()), ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -324,6 +386,43 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn print_hub_result(result: Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qsched: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hub_client() -> Result<qsched_hub::Hub> {
+    Ok(qsched_hub::Hub::new(qsched_hub::HubConfig::from_env()?)?)
+}
+
+fn data_fetch(args: DataFetchArgs) -> Result<String> {
+    let Some(data_dir) = shared::spec::data_dir_from(args.data_dir) else {
+        bail!("no data directory: pass --data-dir or set QSCHED_DATA_DIR");
+    };
+    let kind = qsched_hub::RepoKind::Dataset;
+    let mut options = qsched_hub::datasets::FetchOptions { force: args.force, ..Default::default() };
+    if let Some(id) = &args.glue {
+        options.glue = qsched_hub::RepoId::parse(id, kind)?;
+    }
+    if let Some(id) = &args.superglue {
+        options.superglue = qsched_hub::RepoId::parse(id, kind)?;
+    }
+    let mut reporter = cli::hub::Reporter::stderr();
+    cli::hub::data_fetch(&hub_client()?, &data_dir, &args.benchmarks, args.tasks.as_deref(), &options, &mut reporter)
+}
+
+fn models_pull(id: &qsched_hub::RepoId) -> Result<String> {
+    cli::hub::models_pull(&hub_client()?, id, &mut cli::hub::Reporter::stderr())
 }
 
 #[cfg(feature = "embedded")]
@@ -490,7 +589,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", commands::scales(format)?);
             Ok(())
         }
-        Command::Worker | Command::Completions { .. } => unreachable!("handled before the runtime starts"),
+        Command::Worker | Command::Completions { .. } | Command::Data { .. } | Command::Models { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -742,6 +843,21 @@ async fn submit_local(_spec: shared::spec::BenchmarkSpec, _args: SubmitArgs) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_commands_parse() {
+        let cli = Cli::try_parse_from(["qsched", "data", "fetch", "glue", "superglue", "--tasks", "sst2,cb"]).unwrap();
+        let Command::Data { command: DataCommand::Fetch(args) } = cli.command else { panic!() };
+        assert_eq!(args.benchmarks.len(), 2);
+        assert_eq!(args.tasks, Some(vec![shared::TaskId::Sst2, shared::TaskId::Cb]));
+        let err = Cli::try_parse_from(["qsched", "data", "fetch"]).unwrap_err().to_string();
+        assert!(err.contains("<BENCHMARKS>"), "{err}");
+        let cli = Cli::try_parse_from(["qsched", "models", "pull", "Qwen/Qwen3-0.6B@main"]).unwrap();
+        let Command::Models { command: ModelsCommand::Pull { id } } = cli.command else { panic!() };
+        assert_eq!((id.path(), id.revision()), ("Qwen/Qwen3-0.6B".to_string(), "main"));
+        let err = Cli::try_parse_from(["qsched", "models", "pull", "gpt2"]).unwrap_err().to_string();
+        assert!(err.contains("invalid hub id 'gpt2'"), "{err}");
+    }
 
     #[test]
     fn the_command_line_is_consistent() {
