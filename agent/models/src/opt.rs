@@ -11,6 +11,8 @@
 //!
 //! Deviation from HF, on purpose: fully masked query rows (left-padding positions) attend
 //! to themselves (finite, don't-care outputs) instead of kernel-dependent values.
+//!
+//! Length: one file per architecture; its tests are the last ~240 lines.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};

@@ -14,6 +14,9 @@
 //! (left-padding positions) attend to themselves instead of producing kernel-dependent
 //! values; those are padding positions and their outputs are don't-care. RMSNorm keeps
 //! fp64 in fp64 (HF computes its statistics in fp32); fp32/fp16/bf16 behave as in HF.
+//!
+//! Length: one file per architecture, as transformers' `modeling_qwen3.py` (config, blocks,
+//! both heads, the checkpointed backward); its tests are the last ~400 lines.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};

@@ -67,6 +67,8 @@
 //! `mlp…`, `model.norm`), so a Qwen3 checkpoint can initialise it. It is not an HF
 //! architecture: saved checkpoints carry `model_type = "rev_qwen3"` so transformers
 //! refuses them rather than loading them as plain Qwen3.
+//!
+//! Length: one file per architecture; its tests are the last ~340 lines.
 
 use tch::{Kind, Tensor, nn};
 
