@@ -81,12 +81,17 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Name written to records (the peers use the same names).
-    pub fn label(self) -> &'static str {
+    /// The training precision this measures (the one the trainer runs).
+    pub fn train(self) -> TrainPrecision {
         match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16-autocast",
+            Precision::Fp32 => TrainPrecision::Fp32,
+            Precision::Bf16 => TrainPrecision::Bf16,
         }
+    }
+
+    /// Name written to records: the trainer's label, which the peers use too.
+    pub fn label(self) -> &'static str {
+        self.train().label()
     }
 }
 
